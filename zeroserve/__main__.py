@@ -1,0 +1,5 @@
+import sys
+
+from zeroserve.cli import main
+
+sys.exit(main())
