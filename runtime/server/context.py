@@ -1,0 +1,83 @@
+"""What every protocol module shares: typed app state and the handler wrapper that admits,
+times and error-renders requests."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from aiohttp import web
+
+from runtime.server.errors import BadRequest, ServerError
+from runtime.server.host import ModelHost
+from runtime.server.metrics import ServerMetrics
+
+HOST = web.AppKey("host", ModelHost)
+METRICS = web.AppKey("metrics", ServerMetrics)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ErrorRenderer = Callable[[ServerError], web.Response]
+
+
+def endpoint(
+    protocol: str, render: ErrorRenderer, *, inference: bool = False, admit: bool = True
+) -> Callable[[Handler], Handler]:
+    """Wrap a handler: ServerError -> the protocol's error body. Inference requests are timed and,
+    with ``admit``, passed through :meth:`ModelHost.begin` for the model named in the path (refused
+    while loading or draining, counted for the drain). Without ``admit`` the handler admits itself
+    with :func:`admitted` once it has read the model name from the body."""
+
+    def wrap(handler: Handler) -> Handler:
+        async def run(request: web.Request) -> web.StreamResponse:
+            host = request.app[HOST]
+            if not inference:
+                try:
+                    return await handler(request)
+                except ServerError as e:
+                    return render(e)
+            start = time.perf_counter()
+            admitted = False
+            try:
+                if admit:
+                    host.begin(request.match_info["name"])
+                    admitted = True
+                response = await handler(request)
+            except ServerError as e:
+                response = render(e)
+            finally:
+                if admitted:
+                    host.end()
+            if host.state == "draining" and not response.prepared:
+                # Tell keep-alive clients to reconnect elsewhere; this replica is going away.
+                response.force_close()
+            request.app[METRICS].observe(protocol, time.perf_counter() - start, response.status)
+            return response
+
+        return run
+
+    return wrap
+
+
+@contextmanager
+def admitted(host: ModelHost, name: str) -> Iterator[None]:
+    host.begin(name)
+    try:
+        yield
+    finally:
+        host.end()
+
+
+async def read_json(request: web.Request) -> Any:
+    try:
+        return await request.json(loads=json.loads)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"request body is not valid JSON: {e}") from e
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(body, separators=(",", ":")).encode(), status=status, content_type="application/json"
+    )
