@@ -1,0 +1,436 @@
+"""The discrete-event engine: a virtual clock (heapq), the activator's queue, replicas, and ticks.
+
+The engine plays the activator and the backend; the decisions come from a Controller (sim/control.py)
+that runs the autoscaler's own policy and aggregation code. Arrivals are walked with a cursor over the
+workload's arrays instead of living on the heap. Load is accounted the way the activator reports it:
+the time-weighted integral of in-flight requests (queued + proxied), snapshotted at each whole second
+into a ring so a controller can read per-second samples or window sums for many models at once.
+
+Idle models cost nothing: the per-second snapshot and the autoscaler tick are scheduled only while
+some model is "active" (has traffic, replicas or a pending scale-down), and a model leaves the active
+set once it is at zero with nothing in flight and its controller has no pending decision.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from sim.models import ColdStartModel, ServiceTimeModel
+from sim.workloads import Workload
+from zeroserve.spec import ModelService
+
+log = logging.getLogger(__name__)
+
+# Event kinds, also their order among events at the same instant: the load snapshot of second s sees
+# everything before s; the tick at s sees that snapshot and the replicas that became ready at s.
+_SECOND, _READY, _DONE, _TIMEOUT, _WAKE, _TICK = range(6)
+# Request states.
+PENDING, QUEUED, SERVED, TIMED_OUT, REJECTED = range(5)
+
+
+@dataclass(frozen=True)
+class ModelSetup:
+    """Everything the engine needs about one model: its spec and what its replicas cost."""
+
+    service: ModelService
+    cold_start: ColdStartModel
+    service_time: ServiceTimeModel
+
+
+class Controller(Protocol):
+    """The autoscaler seen from the engine (implementations in sim/control.py)."""
+
+    def tick(self, engine: Engine, models: list[int], now: float) -> list[int]:
+        """Desired replicas for each of `models` (the active ones) at a periodic tick."""
+        ...
+
+    def poke(self, engine: Engine, model: int, now: float) -> int:
+        """Desired replicas right now, for a request that found the model cold."""
+        ...
+
+    def wake_at(self, model: int, now: float) -> float | None:
+        """For a model at rest: None if it still needs ticks, else when it next does (inf: never)."""
+        ...
+
+
+class Replica:
+    __slots__ = ("created_s", "draining", "inflight", "model", "ready", "ready_s")
+
+    def __init__(self, model: int, created_s: float, ready_s: float) -> None:
+        self.model = model
+        self.created_s = created_s
+        self.ready_s = ready_s
+        self.ready = False
+        self.draining = False
+        self.inflight = 0
+
+
+class ModelRun:
+    """Mutable per-model state during a run."""
+
+    __slots__ = ("active", "cc", "cold_starts", "draining", "from_zero", "gpus", "index", "inflight",
+                 "integral", "last_s", "max_queued", "queue", "queued", "ready", "replica_s", "requests",
+                 "setup", "starting", "timeout_s")
+
+    def __init__(self, index: int, setup: ModelSetup) -> None:
+        self.index = index
+        self.setup = setup
+        self.cc = setup.service.scaling.container_concurrency
+        self.max_queued = setup.service.queue.max_queued
+        self.timeout_s = setup.service.queue.timeout_s
+        self.gpus = max(1, setup.service.runtime.gpus)
+        self.starting: list[Replica] = []
+        self.ready: list[Replica] = []
+        self.draining: list[Replica] = []
+        self.queue: deque[int] = deque()  # may hold timed-out entries, skipped when reached
+        self.queued = 0
+        self.active = False
+        # Activator-side load accounting (what activator/stats.py reports).
+        self.inflight = 0
+        self.integral = 0.0
+        self.requests = 0
+        self.last_s = 0.0
+        self.cold_starts = 0
+        self.from_zero = 0
+        self.replica_s = 0.0
+
+    @property
+    def replicas(self) -> int:
+        """Replicas the backend has been asked for (starting + ready), as `ready_replicas` + pending."""
+        return len(self.starting) + len(self.ready)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Raw outcome of a run; sim/report.py turns it into the summary."""
+
+    models: tuple[str, ...]
+    arrival_s: npt.NDArray[np.float64]
+    start_s: npt.NDArray[np.float64]  # dispatch to a replica; nan if never served
+    service_s: npt.NDArray[np.float64]
+    state: npt.NDArray[np.int8]
+    cold: npt.NDArray[np.bool_]  # waited for a replica that was not ready when it arrived
+    replica_s: npt.NDArray[np.float64]  # per model
+    gpu_s: npt.NDArray[np.float64]
+    cold_starts: npt.NDArray[np.int64]  # replica starts per model
+    from_zero: npt.NDArray[np.int64]  # starts while the model had no replica at all
+    timeline_s: npt.NDArray[np.float64]  # when the total replica count changed
+    timeline_replicas: npt.NDArray[np.int64]
+    end_s: float
+    events: int
+    ticks: int  # model decisions at periodic ticks (not pokes)
+    pokes: int
+
+
+class Engine:
+    def __init__(self, workload: Workload, setups: list[ModelSetup], controller: Controller, *,
+                 seed: int = 0, tick_s: float | None = None) -> None:
+        if len(setups) != len(workload.models):
+            raise ValueError(f"{len(workload.models)} models in the workload, {len(setups)} setups")
+        self.workload = workload
+        self.controller = controller
+        self.rng = np.random.default_rng(seed)
+        self.models = [ModelRun(i, s) for i, s in enumerate(setups)]
+        # One loop ticks every model, as autoscaler/loop.py does; its period comes from the first spec.
+        self.tick_s = tick_s if tick_s is not None else setups[0].service.scaling.tick_s
+        n = workload.requests
+        self.service_s = np.zeros(n, dtype=np.float64)
+        for i, s in enumerate(setups):
+            mask = workload.model_index == i
+            self.service_s[mask] = s.service_time.service_s(workload.context_tokens[mask],
+                                                             workload.generated_tokens[mask])
+        self.start_s = np.full(n, np.nan)
+        self.state = np.zeros(n, dtype=np.int8)
+        self.cold = np.zeros(n, dtype=np.bool_)
+        # Ring of cumulative load at whole seconds: row (s % ring_s) holds every model's totals at s.
+        longest = max(s.service.scaling.stable_window_s for s in setups)
+        self.ring_s = math.ceil(longest) + 4
+        count = len(setups)
+        self.ring_integral = np.zeros((self.ring_s, count))
+        self.ring_requests = np.zeros((self.ring_s, count))
+        # Mirrors of ModelRun's accounting, so that a snapshot is one vector expression.
+        self._integral = np.zeros(count)
+        self._inflight = np.zeros(count)
+        self._last = np.zeros(count)
+        self._requests = np.zeros(count)
+        self.second = -1  # the last whole second in the ring
+        self.now = 0.0
+        self._heap: list[tuple[float, int, int, object]] = []
+        self._seq = 0
+        self._active: set[int] = set()
+        self._second_scheduled = False
+        self._tick_scheduled = False
+        self._replicas = 0
+        self._timeline_s: list[float] = [0.0]
+        self._timeline_n: list[int] = [0]
+        self.events = 0
+        self.ticks = 0
+        self.pokes = 0
+
+    # --- the clock ---------------------------------------------------------------------------
+
+    def _push(self, t: float, kind: int, obj: object) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, kind, self._seq, obj))
+
+    def _activate(self, m: ModelRun) -> None:
+        if not m.active:
+            m.active = True
+            self._active.add(m.index)
+        if not self._second_scheduled:
+            self._second_scheduled = True
+            # Back-fill the ring over the quiet stretch, so window sums across it read as no load.
+            now_s = math.floor(self.now)
+            self._snapshot(now_s)
+            self._push(now_s + 1.0, _SECOND, None)
+        if not self._tick_scheduled:
+            self._tick_scheduled = True
+            self._push(math.floor(self.now / self.tick_s + 1.0) * self.tick_s, _TICK, None)
+
+    def _snapshot(self, upto_s: int) -> None:
+        """Ring rows for seconds (self.second, upto_s] with the cumulative totals at upto_s."""
+        first = max(self.second + 1, upto_s - self.ring_s + 1)
+        if first <= upto_s:
+            integral = self._integral + self._inflight * (upto_s - self._last)
+            for s in range(first, upto_s + 1):
+                row = s % self.ring_s
+                self.ring_integral[row] = integral
+                self.ring_requests[row] = self._requests
+            self.second = upto_s
+
+    def _load(self, m: ModelRun, t: float, d_inflight: int, d_requests: int) -> None:
+        """The activator's in-flight count changes (arrival, dispatch timeout, completion)."""
+        m.integral += m.inflight * (t - m.last_s)
+        m.last_s = t
+        m.inflight += d_inflight
+        m.requests += d_requests
+        i = m.index
+        self._integral[i] = m.integral
+        self._inflight[i] = m.inflight
+        self._last[i] = t
+        self._requests[i] = m.requests
+
+    def cumulative(self, model: int, t: float) -> tuple[float, float]:
+        """Load integral and request count of one model up to time t (t >= its last change)."""
+        m = self.models[model]
+        return m.integral + m.inflight * (t - m.last_s), float(m.requests)
+
+    def run(self, until_s: float | None = None) -> RunResult:
+        """Run to `until_s`, or until the last arrival has been served and every model is at rest
+        (bounded: an hour of virtual time after the last arrival)."""
+        arrivals = self.workload.arrival_s
+        owners = self.workload.model_index
+        n = arrivals.size
+        cursor = 0
+        last = float(arrivals[-1]) if n else 0.0
+        end = until_s if until_s is not None else last + 3600.0
+        heap = self._heap
+        models = self.models
+        while True:
+            next_arrival = float(arrivals[cursor]) if cursor < n else math.inf
+            if heap and heap[0][0] <= next_arrival:
+                if heap[0][0] > end:
+                    break
+                t, kind, _, obj = heapq.heappop(heap)
+                self.now = t
+                self.events += 1
+                if kind == _DONE:
+                    replica, req = obj  # type: ignore[misc]
+                    self._complete(replica, req, t)
+                elif kind == _SECOND:
+                    self._on_second(t)
+                elif kind == _TICK:
+                    self._on_tick(t)
+                elif kind == _READY:
+                    self._on_ready(obj, t)  # type: ignore[arg-type]
+                elif kind == _TIMEOUT:
+                    self._on_timeout(obj, t)  # type: ignore[arg-type]
+                else:
+                    self._activate(models[obj])  # type: ignore[index]
+            elif next_arrival <= end:
+                self.now = next_arrival
+                self.events += 1
+                self._arrive(cursor, models[int(owners[cursor])], next_arrival)
+                cursor += 1
+            else:
+                break
+        if until_s is not None:
+            self.now = until_s
+        return self._result()
+
+    def _on_second(self, t: float) -> None:
+        self._snapshot(round(t))
+        if self._active:
+            self._push(t + 1.0, _SECOND, None)
+        else:
+            self._second_scheduled = False
+
+    def _on_tick(self, t: float) -> None:
+        active = sorted(self._active)
+        if not active:
+            self._tick_scheduled = False
+            return
+        self.ticks += len(active)
+        desired = self.controller.tick(self, active, t)
+        for i, want in zip(active, desired, strict=True):
+            m = self.models[i]
+            self._scale(m, want, t)
+            if m.replicas == 0 and m.inflight == 0 and not m.draining:
+                wake = self.controller.wake_at(i, t)
+                if wake is not None:
+                    m.active = False
+                    self._active.discard(i)
+                    if wake < math.inf:
+                        self._push(max(wake, t), _WAKE, i)
+        if self._active:
+            self._push(t + self.tick_s, _TICK, None)
+        else:
+            self._tick_scheduled = False
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def _arrive(self, req: int, m: ModelRun, t: float) -> None:
+        replica = self._pick(m) if not m.queued else None
+        if replica is None and m.queued >= m.max_queued:
+            self.state[req] = REJECTED
+            return
+        self._activate(m)  # first: it back-fills the load ring with the totals before this arrival
+        self._load(m, t, 1, 1)
+        if replica is not None:
+            self._start(req, replica, t)
+            return
+        self.state[req] = QUEUED
+        m.queue.append(req)
+        m.queued += 1
+        self._push(t + m.timeout_s, _TIMEOUT, req)
+        if not m.starting:
+            # A cold arrival (or one at capacity with nothing coming): the activator pokes.
+            self.pokes += 1
+            self._scale(m, self.controller.poke(self, m.index, t), t)
+
+    def _pick(self, m: ModelRun) -> Replica | None:
+        best: Replica | None = None
+        for r in m.ready:
+            if m.cc and r.inflight >= m.cc:
+                continue
+            if best is None or r.inflight < best.inflight:
+                best = r
+        return best
+
+    def _start(self, req: int, replica: Replica, t: float) -> None:
+        self.state[req] = SERVED
+        self.start_s[req] = t
+        if replica.ready_s > float(self.workload.arrival_s[req]):
+            self.cold[req] = True
+        replica.inflight += 1
+        self._push(t + float(self.service_s[req]), _DONE, (replica, req))
+
+    def _complete(self, replica: Replica, req: int, t: float) -> None:
+        m = self.models[replica.model]
+        self._load(m, t, -1, 0)
+        replica.inflight -= 1
+        if replica.draining:
+            if replica.inflight == 0:
+                m.draining.remove(replica)
+                self._retire(m, replica, t)
+            return
+        self._drain_queue(m, replica, t)
+
+    def _drain_queue(self, m: ModelRun, replica: Replica, t: float) -> None:
+        queue = m.queue
+        while m.queued and (not m.cc or replica.inflight < m.cc):
+            req = queue.popleft()
+            if self.state[req] == QUEUED:
+                m.queued -= 1
+                self._start(req, replica, t)
+
+    def _on_timeout(self, req: int, t: float) -> None:
+        if self.state[req] != QUEUED:
+            return
+        self.state[req] = TIMED_OUT
+        m = self.models[int(self.workload.model_index[req])]
+        m.queued -= 1
+        self._load(m, t, -1, 0)
+
+    # --- replicas ----------------------------------------------------------------------------
+
+    def _scale(self, m: ModelRun, desired: int, t: float) -> None:
+        have = m.replicas
+        if desired > have:
+            if have == 0 and not m.draining:
+                m.from_zero += 1
+            for _ in range(desired - have):
+                seconds, _hit = m.setup.cold_start.sample_s(self.rng)
+                replica = Replica(m.index, t, t + seconds)
+                m.starting.append(replica)
+                m.cold_starts += 1
+                self._push(t + seconds, _READY, replica)
+            self._count(desired - have, t)
+        elif desired < have:
+            for _ in range(have - desired):
+                # Like a ReplicaSet: pods not ready yet go first, then the least busy ready ones.
+                if m.starting:
+                    self._retire(m, m.starting.pop(), t)
+                    continue
+                victim = min(m.ready, key=lambda r: r.inflight)
+                m.ready.remove(victim)
+                if victim.inflight:
+                    # It stops taking requests and finishes those it has (graceful termination).
+                    victim.draining = True
+                    m.draining.append(victim)
+                else:
+                    self._retire(m, victim, t)
+
+    def _count(self, delta: int, t: float) -> None:
+        self._replicas += delta
+        self._timeline_s.append(t)
+        self._timeline_n.append(self._replicas)
+
+    def _retire(self, m: ModelRun, replica: Replica, t: float) -> None:
+        m.replica_s += t - replica.created_s
+        replica.ready = False
+        self._count(-1, t)
+
+    def _on_ready(self, replica: Replica, t: float) -> None:
+        m = self.models[replica.model]
+        if replica not in m.starting:
+            return  # cancelled by a scale-down while it was starting
+        m.starting.remove(replica)
+        replica.ready = True
+        m.ready.append(replica)
+        self._drain_queue(m, replica, t)
+
+    # --- the end -----------------------------------------------------------------------------
+
+    def _result(self) -> RunResult:
+        end = self.now
+        replica_s = np.zeros(len(self.models))
+        for i, m in enumerate(self.models):
+            replica_s[i] = m.replica_s + sum(end - r.created_s for r in m.starting + m.ready + m.draining)
+        gpus = np.array([m.gpus for m in self.models], dtype=np.float64)
+        return RunResult(
+            models=self.workload.models,
+            arrival_s=self.workload.arrival_s,
+            start_s=self.start_s,
+            service_s=self.service_s,
+            state=self.state,
+            cold=self.cold,
+            replica_s=replica_s,
+            gpu_s=replica_s * gpus,
+            cold_starts=np.array([m.cold_starts for m in self.models], dtype=np.int64),
+            from_zero=np.array([m.from_zero for m in self.models], dtype=np.int64),
+            timeline_s=np.asarray(self._timeline_s),
+            timeline_replicas=np.asarray(self._timeline_n, dtype=np.int64),
+            end_s=end,
+            events=self.events,
+            ticks=self.ticks,
+            pokes=self.pokes,
+        )
