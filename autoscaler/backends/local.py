@@ -1,0 +1,442 @@
+"""The local backend: replicas are processes on this machine, placed on its GPUs.
+
+A replica's life: (schedule) pick GPUs -> (fetch) link artifacts from the node cache -> (start)
+spawn `runtime.command` -> (load) probe readiness until 200 -> published as a ready endpoint.
+Scale-down takes the endpoint out of rotation *first*, then SIGTERMs the process and kills it
+after a grace period, so no new request is sent to a replica that is going away. A replica that
+dies is noticed at once (we await its exit) and replaced, with a crash-loop backoff.
+
+GPU placement: a replica gets `runtime.gpus` whole devices, those with the most free memory. When a
+model with waiting requests needs a GPU and all are held, the least recently used *idle* model
+(no requests in flight or queued) is stopped to make room; an idle model never evicts another,
+which is what keeps two models on one GPU from evicting each other in a loop. A replica that
+cannot be placed waits in `pending` and is retried when a GPU frees up or demand changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
+
+from autoscaler.backends.base import BackendError, Endpoint, EndpointCallback, EndpointSet
+from zeroserve.spec import ModelService
+
+log = logging.getLogger(__name__)
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+PHASE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class ReplicaProc:
+    id: str
+    model: str
+    port: int
+    gpus: tuple[int, ...]
+    process: asyncio.subprocess.Process | None = None
+    ready: bool = False
+    stopping: bool = False
+    started_at: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.id, "127.0.0.1", self.port)
+
+
+@dataclass
+class ModelState:
+    svc: ModelService
+    desired: int = 0
+    replicas: list[ReplicaProc] = field(default_factory=list)
+    version: int = 0
+    crashes: int = 0
+    last_phases: dict[str, float] = field(default_factory=dict)
+    pending_reason: str | None = None
+    last_used: float = 0.0
+    model_dir: Path | None = None
+
+
+class LocalBackend:
+    def __init__(self, *, gpus: Any | None = None, work_dir: Path | None = None,
+                 stop_grace_s: float = 30.0, probe_interval_s: float = 0.02,
+                 demand: Callable[[str], int] | None = None,
+                 registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 python: str = sys.executable, cache: Any | None = None) -> None:
+        self.gpus = gpus                 # runtime.gpu.GpuInventory-like: devices() -> [GpuInfo]
+        self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="zeroserve-replicas-"))
+        self.stop_grace_s = stop_grace_s
+        self.probe_interval_s = probe_interval_s
+        self.demand = demand or (lambda model: 0)
+        self.clock = clock
+        self.python = python
+        self.cache = cache
+        self.models: dict[str, ModelState] = {}
+        self._callbacks: list[EndpointCallback] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._seq = 0
+        self._closed = False
+        self._stoppers: set[asyncio.Task[None]] = set()
+        self.cold_start_seconds = Histogram(
+            "zeroserve_cold_start_seconds", "Replica start time by phase", ["model", "phase"],
+            buckets=PHASE_BUCKETS, registry=registry if registry is not None else REGISTRY)
+
+    # --- Backend protocol ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+
+    async def close(self) -> None:
+        self._closed = True
+        stops = [self._stop(st, r) for st in self.models.values() for r in list(st.replicas)]
+        await asyncio.gather(*stops, return_exceptions=True)
+        if self._stoppers:
+            await asyncio.gather(*self._stoppers, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def register(self, svc: ModelService) -> None:
+        state = self.models.get(svc.name)
+        if state is None:
+            self.models[svc.name] = ModelState(svc)
+        else:
+            state.svc = svc
+
+    def unregister(self, name: str) -> None:
+        state = self.models.pop(name, None)
+        if state is not None:
+            for r in list(state.replicas):
+                self._spawn_stopper(state, r)
+
+    async def scale(self, model: str, replicas: int) -> None:
+        state = self.models.get(model)
+        if state is None:
+            raise BackendError(f"model {model!r} is not registered")
+        if replicas > 0 and state.desired == 0:
+            state.crashes = 0
+        state.desired = replicas
+        self._reconcile(state)
+
+    async def prefetch(self, model: str) -> None:
+        state = self.models.get(model)
+        if state is None or not state.svc.storage_uri or self.cache is None:
+            return
+        from runtime.storage import prefetch
+
+        started = self.clock()
+        await prefetch(state.svc.storage_uri, self.cache)
+        log.info("prefetched model=%s uri=%s in %.2fs", model, state.svc.storage_uri,
+                 self.clock() - started)
+
+    def ready_replicas(self, model: str) -> int:
+        state = self.models.get(model)
+        return sum(1 for r in state.replicas if r.ready and not r.stopping) if state else 0
+
+    def endpoints(self, model: str) -> EndpointSet:
+        state = self.models.get(model)
+        if state is None:
+            return EndpointSet(model)
+        ready = tuple(r.endpoint for r in state.replicas if r.ready and not r.stopping)
+        return EndpointSet(model, ready, state.version)
+
+    def subscribe(self, callback: EndpointCallback) -> None:
+        self._callbacks.append(callback)
+
+    def last_phases(self, model: str) -> dict[str, float]:
+        state = self.models.get(model)
+        return dict(state.last_phases) if state else {}
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, st in self.models.items():
+            out[name] = {
+                "desired": st.desired,
+                "ready": self.ready_replicas(name),
+                "replicas": [{"id": r.id, "port": r.port, "gpus": list(r.gpus), "ready": r.ready,
+                              "stopping": r.stopping,
+                              "pid": r.process.pid if r.process else None}
+                             for r in st.replicas],
+                "pending": st.pending_reason,
+                "last_cold_start": st.last_phases,
+            }
+        return out
+
+    def gpu_assignments(self) -> dict[int, list[str]]:
+        held: dict[int, list[str]] = {}
+        for name, st in self.models.items():
+            for r in st.replicas:
+                for g in r.gpus:
+                    held.setdefault(g, []).append(name)
+        return held
+
+    # --- reconciliation -----------------------------------------------------------------------
+
+    def _publish(self, state: ModelState) -> None:
+        state.version += 1
+        eps = self.endpoints(state.svc.name)
+        for callback in self._callbacks:
+            callback(state.svc.name, eps)
+
+    def _reconcile(self, state: ModelState) -> None:
+        if self._closed:
+            return
+        live = [r for r in state.replicas if not r.stopping]
+        while len(live) > state.desired:
+            # Prefer stopping replicas that are not ready yet, then the newest.
+            victim = sorted(live, key=lambda r: (r.ready, -r.started_at))[0]
+            live.remove(victim)
+            self._spawn_stopper(state, victim)
+        state.pending_reason = None
+        while len(live) < state.desired:
+            gpus = self._place(state)
+            if gpus is None:
+                return
+            replica = self._new_replica(state, gpus)
+            live.append(replica)
+
+    def _place(self, state: ModelState) -> tuple[int, ...] | None:
+        want = state.svc.runtime.gpus
+        if want == 0 or self.gpus is None:
+            return ()
+        devices = self.gpus.devices()
+        if len(devices) < want:
+            state.pending_reason = f"needs {want} GPUs, this machine has {len(devices)}"
+            log.warning("cannot place model=%s: %s", state.svc.name, state.pending_reason)
+            return None
+        held = self.gpu_assignments()
+        need_mem = state.svc.runtime.gpu_memory_bytes
+        free = [d for d in devices if d.index not in held
+                and (not need_mem or d.memory_total_bytes - d.memory_used_bytes >= need_mem)]
+        if len(free) >= want:
+            free.sort(key=lambda d: d.memory_total_bytes - d.memory_used_bytes, reverse=True)
+            return tuple(d.index for d in free[:want])
+        if self.demand(state.svc.name) > 0 and self._evict_idle(state):
+            state.pending_reason = "waiting for an evicted model to release its GPU"
+            return None
+        state.pending_reason = f"all {len(devices)} GPUs are held by busy models"
+        log.warning("cannot place model=%s: %s; its requests stay queued", state.svc.name,
+                    state.pending_reason)
+        return None
+
+    def _evict_idle(self, wanting: ModelState) -> bool:
+        idle = [st for st in self.models.values()
+                if st is not wanting and st.svc.runtime.gpus > 0
+                and any(r.gpus and not r.stopping for r in st.replicas)
+                and self.demand(st.svc.name) == 0]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda st: st.last_used)
+        log.info("evicting idle model=%s to make room for model=%s", victim.svc.name,
+                 wanting.svc.name)
+        victim.desired = 0
+        for r in list(victim.replicas):
+            if not r.stopping:
+                self._spawn_stopper(victim, r, then=wanting)
+        return True
+
+    def _new_replica(self, state: ModelState, gpus: tuple[int, ...]) -> ReplicaProc:
+        self._seq += 1
+        replica = ReplicaProc(id=f"{state.svc.name}-{self._seq}", model=state.svc.name,
+                              port=state.svc.runtime.port or free_port(), gpus=gpus,
+                              started_at=self.clock())
+        state.replicas.append(replica)
+        replica.task = asyncio.create_task(self._run_replica(state, replica),
+                                           name=f"replica-{replica.id}")
+        return replica
+
+    # --- one replica's life -------------------------------------------------------------------
+
+    async def _run_replica(self, state: ModelState, replica: ReplicaProc) -> None:
+        svc = state.svc
+        t0 = replica.started_at
+        try:
+            model_dir = await self._model_dir(state, replica)
+            t_fetched = self.clock()
+            argv = self._command(svc, replica, model_dir)
+            env = self._env(svc, replica)
+            log.info("starting replica model=%s replica=%s port=%d gpus=%s", svc.name, replica.id,
+                     replica.port, ",".join(map(str, replica.gpus)) or "-")
+            replica.process = await asyncio.create_subprocess_exec(
+                *argv, env=env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+            t_spawned = self.clock()
+            listening_at = await self._wait_ready(svc, replica)
+            t_ready = self.clock()
+        except Exception as e:
+            log.error("replica failed to start model=%s replica=%s: %s", svc.name, replica.id, e)
+            await self._on_exit(state, replica, failed=True)
+            return
+        if listening_at is None:
+            await self._on_exit(state, replica, failed=not replica.stopping)
+            return
+        replica.phases = {"schedule": 0.0, "fetch": t_fetched - t0,
+                          "start": listening_at - t_spawned + (t_spawned - t_fetched),
+                          "load": t_ready - listening_at}
+        state.last_phases = {k: round(v, 4) for k, v in replica.phases.items()}
+        for phase, seconds in replica.phases.items():
+            self.cold_start_seconds.labels(svc.name, phase).observe(seconds)
+        log.info("replica ready model=%s replica=%s in %.3fs (fetch %.3f start %.3f load %.3f)",
+                 svc.name, replica.id, t_ready - t0, replica.phases["fetch"],
+                 replica.phases["start"], replica.phases["load"])
+        replica.ready = True
+        state.crashes = 0
+        state.last_used = self.clock()
+        self._publish(state)
+        assert replica.process is not None
+        await replica.process.wait()
+        await self._on_exit(state, replica, failed=not replica.stopping)
+
+    async def _model_dir(self, state: ModelState, replica: ReplicaProc) -> Path:
+        svc = state.svc
+        if not svc.storage_uri:
+            if svc.runtime.model in ("iris",):
+                return EXAMPLES_DIR / "iris"
+            return self.work_dir
+        if svc.storage_uri.startswith(("file://", "pvc://")) and self.cache is None:
+            return Path(svc.storage_uri.split("://", 1)[1])
+        from runtime.storage import materialize
+
+        dest = self.work_dir / replica.id
+        result = await materialize(svc.storage_uri, dest, self.cache)
+        log.info("artifacts for model=%s: cache %s, %d bytes in %.3fs", svc.name,
+                 "hit" if result.cache_hit else "miss", result.bytes, result.seconds)
+        return dest
+
+    def _command(self, svc: ModelService, replica: ReplicaProc, model_dir: Path) -> list[str]:
+        rt = svc.runtime
+        values = {"port": str(replica.port), "model_dir": str(model_dir), "model_name": svc.name,
+                  "host": "127.0.0.1"}
+        if rt.kind == "command":
+            return [part.format(**values) for part in (*rt.command, *rt.args)]
+        argv = [self.python, "-m", "zeroserve", "serve", "--model-name", svc.name,
+                "--model-dir", str(model_dir), "--port", str(replica.port), "--host", "127.0.0.1"]
+        if rt.kind == "hf":
+            argv += ["--runtime", "hf"]
+        else:
+            argv += ["--model", rt.model or svc.name, "--load-time-s", str(rt.load_time_s),
+                     "--token-latency-s", str(rt.token_latency_s)]
+        return argv + [part.format(**values) for part in rt.args]
+
+    def _env(self, svc: ModelService, replica: ReplicaProc) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(svc.runtime.env)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, replica.gpus))
+        env["ZEROSERVE_MODEL_NAME"] = svc.name
+        env["PORT"] = str(replica.port)
+        return env
+
+    async def _wait_ready(self, svc: ModelService, replica: ReplicaProc) -> float | None:
+        """Probe readiness; returns when the server first answered (listening), None if it died."""
+        assert self._session is not None and replica.process is not None
+        url = f"http://127.0.0.1:{replica.port}{svc.runtime.readiness_path}"
+        deadline = self.clock() + svc.runtime.ready_timeout_s
+        listening_at: float | None = None
+        while not replica.stopping:
+            if replica.process.returncode is not None:
+                log.error("replica exited before ready model=%s replica=%s code=%s", svc.name,
+                          replica.id, replica.process.returncode)
+                return None
+            if self.clock() > deadline:
+                log.error("replica not ready after %.0fs model=%s replica=%s",
+                          svc.runtime.ready_timeout_s, svc.name, replica.id)
+                return None
+            try:
+                async with self._session.get(url) as resp:
+                    if listening_at is None:
+                        listening_at = self.clock()
+                    if resp.status == 200:
+                        return listening_at
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(self.probe_interval_s)
+        return None
+
+    async def _on_exit(self, state: ModelState, replica: ReplicaProc, *, failed: bool) -> None:
+        if replica.process is not None and replica.process.returncode is None:
+            await self._terminate(replica)
+        was_ready = replica.ready
+        replica.ready = False
+        if replica in state.replicas:
+            state.replicas.remove(replica)
+        if was_ready:
+            self._publish(state)
+        if failed and not self._closed and self.models.get(state.svc.name) is state:
+            state.crashes += 1
+            delay = min(30.0, 0.5 * 2 ** (state.crashes - 1))
+            log.warning("replica died model=%s replica=%s; replacing in %.1fs (crash %d)",
+                        state.svc.name, replica.id, delay, state.crashes)
+            await asyncio.sleep(delay)
+        if not self._closed:
+            self._reconcile(state)
+            self._reconcile_pending()
+
+    def _reconcile_pending(self) -> None:
+        for st in self.models.values():
+            if st.pending_reason is not None:
+                self._reconcile(st)
+
+    def _spawn_stopper(self, state: ModelState, replica: ReplicaProc,
+                       then: ModelState | None = None) -> None:
+        async def stop() -> None:
+            await self._stop(state, replica)
+            if then is not None:
+                self._reconcile(then)
+
+        task = asyncio.create_task(stop(), name=f"stop-{replica.id}")
+        self._stoppers.add(task)
+        task.add_done_callback(self._stoppers.discard)
+
+    async def _stop(self, state: ModelState, replica: ReplicaProc) -> None:
+        if replica.stopping and replica.process is None:
+            return
+        was_ready = replica.ready and not replica.stopping
+        replica.stopping = True
+        if was_ready:
+            self._publish(state)   # out of rotation before the signal
+        log.info("stopping replica model=%s replica=%s", state.svc.name, replica.id)
+        await self._terminate(replica)
+        if replica.task is not None and replica.task is not asyncio.current_task():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(replica.task), 5)
+
+    async def _terminate(self, replica: ReplicaProc) -> None:
+        proc = replica.process
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), self.stop_grace_s)
+        except TimeoutError:
+            log.warning("replica did not stop in %.0fs, killing replica=%s", self.stop_grace_s,
+                        replica.id)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+    def touch(self, model: str) -> None:
+        state = self.models.get(model)
+        if state is not None:
+            state.last_used = self.clock()

@@ -1,0 +1,244 @@
+"""`zeroserve up`: the activator, the autoscaler and the local backend in one process.
+
+This is the one place that wires the parts together. The activator reports load and pokes the
+autoscaler by direct calls; the backend pushes ready endpoints straight into the activator's
+table. Ctrl-C (or SIGTERM) drains in-flight requests, then stops every replica process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+from activator.app import Activator, build_app
+from autoscaler.aggregation import StatSample
+from autoscaler.backends.local import LocalBackend
+from autoscaler.loop import Autoscaler
+from zeroserve.spec import ModelService, SpecError, load_specs
+
+log = logging.getLogger("zeroserve.up")
+
+
+@dataclass(frozen=True, slots=True)
+class UpConfig:
+    files: tuple[Path, ...]
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9090
+    drain_s: float = 30.0
+    stop_grace_s: float = 30.0
+    cache_dir: Path | None = None
+
+
+class _Sink:
+    """The activator's LoadSink, in-process: straight calls into the autoscaler."""
+
+    def __init__(self, autoscaler: Autoscaler, backend: LocalBackend) -> None:
+        self.autoscaler = autoscaler
+        self.backend = backend
+
+    def report(self, samples: list[StatSample]) -> None:
+        self.autoscaler.ingest(samples)
+        for s in samples:
+            if s.avg_concurrency > 0 or s.requests > 0:
+                self.backend.touch(s.model)
+
+    def poke(self, model: str) -> None:
+        self.autoscaler.poke(model)
+
+
+def _gpu_inventory() -> Any | None:
+    try:
+        from runtime.gpu import GpuInventory
+    except ImportError:
+        return None
+    inventory = GpuInventory()
+    return inventory if inventory.devices() else None
+
+
+def _node_cache(cache_dir: Path | None) -> Any | None:
+    try:
+        from runtime.storage import NodeCache
+    except ImportError:
+        return None
+    if cache_dir is not None:
+        import os
+
+        os.environ["ZEROSERVE_CACHE_DIR"] = str(cache_dir)
+    return NodeCache.default()
+
+
+class Stack:
+    """Everything `up` runs, started and stopped in the right order."""
+
+    def __init__(self, services: Iterable[ModelService], config: UpConfig,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.services = list(services)
+        self.registry = registry if registry is not None else REGISTRY
+        self.activator: Activator | None = None
+        self.backend = LocalBackend(gpus=_gpu_inventory(), stop_grace_s=config.stop_grace_s,
+                                    demand=self._demand, registry=self.registry,
+                                    cache=_node_cache(config.cache_dir))
+        self.autoscaler = Autoscaler(self.backend, registry=self.registry)
+        self.activator = Activator(self.services, _Sink(self.autoscaler, self.backend),
+                                   registry=self.registry, phases=self.backend.last_phases)
+        self.backend.subscribe(self.activator.table.update)
+        self._runners: list[web.AppRunner] = []
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def _demand(self, model: str) -> int:
+        if self.activator is None:
+            return 0
+        load = self.activator.tracker.models.get(model)
+        gate = self.activator.gates.get(model)
+        return (load.inflight if load else 0) + (gate.queued if gate else 0)
+
+    async def start(self) -> None:
+        await self.backend.start()
+        for svc in self.services:
+            self.backend.register(svc)
+            self.autoscaler.upsert(svc)
+        self._loop_task = asyncio.create_task(self.autoscaler.run(), name="autoscaler")
+        assert self.activator is not None
+        runner = web.AppRunner(build_app(self.activator), handler_cancellation=True,
+                               access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, self.config.host, self.config.port, backlog=4096).start()
+        self._runners.append(runner)
+        admin = web.AppRunner(self._admin_app(), access_log=None)
+        await admin.setup()
+        await web.TCPSite(admin, self.config.admin_host, self.config.admin_port).start()
+        self._runners.append(admin)
+
+    async def stop(self) -> None:
+        assert self.activator is not None
+        log.info("draining in-flight requests (up to %.0fs)", self.config.drain_s)
+        await self.activator.drain(self.config.drain_s)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        await self.backend.close()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+
+    def status(self) -> dict[str, Any]:
+        assert self.activator is not None
+        scaler = self.autoscaler.status().get("models", {})
+        backend = self.backend.status()
+        activator = self.activator.status()
+        models: dict[str, Any] = {}
+        for svc in self.services:
+            name = svc.name
+            b = backend.get(name, {})
+            a = activator.get(name, {})
+            models[name] = {
+                **scaler.get(name, {}),
+                "ready": b.get("ready", 0),
+                "backend_desired": b.get("desired", 0),
+                "inflight": a.get("inflight", 0),
+                "queued": a.get("queued", 0),
+                "replicas": b.get("replicas", []),
+                "pending": b.get("pending"),
+                "last_cold_start": b.get("last_cold_start", {}),
+                "last_cold_start_s": a.get("last_cold_start_s"),
+            }
+        gpus = {str(k): v for k, v in self.backend.gpu_assignments().items()}
+        return {"models": models, "gpus": gpus}
+
+    def _admin_app(self) -> web.Application:
+        app = web.Application()
+
+        async def status(request: web.Request) -> web.Response:
+            return web.json_response(self.status(), dumps=lambda o: json.dumps(o, default=str))
+
+        async def metrics(request: web.Request) -> web.Response:
+            body = generate_latest(self.registry)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def healthz(request: web.Request) -> web.Response:
+            return web.json_response({"status": "ok"})
+
+        app.router.add_get("/status", status)
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        return app
+
+
+async def serve(services: list[ModelService], config: UpConfig) -> None:
+    stack = Stack(services, config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stack.start()
+    names = ", ".join(s.name for s in services)
+    print(f"zeroserve up: {len(services)} model(s) ({names}) on http://{config.host}:{config.port}"
+          f" — status http://{config.admin_host}:{config.admin_port}/status", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        print("zeroserve up: stopping (draining requests, then replicas)", flush=True)
+        await stack.stop()
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="zeroserve up", description=__doc__)
+    p.add_argument("-f", "--file", action="append", required=True, type=Path,
+                   help="ModelService YAML (repeatable; several documents per file allowed)")
+    p.add_argument("--host", default="127.0.0.1", help="address the activator listens on")
+    p.add_argument("--port", type=int, default=8080, help="activator port (default 8080)")
+    p.add_argument("--admin-host", default="127.0.0.1")
+    p.add_argument("--admin-port", type=int, default=9090, help="/metrics and /status port")
+    p.add_argument("--drain", type=float, default=30.0, help="seconds to drain on shutdown")
+    p.add_argument("--stop-grace", type=float, default=30.0,
+                   help="seconds a replica gets between SIGTERM and SIGKILL")
+    p.add_argument("--cache-dir", type=Path, help="node cache (default $ZEROSERVE_CACHE_DIR)")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    services: list[ModelService] = []
+    errors: list[str] = []
+    for path in args.file:
+        try:
+            services += load_specs(path)
+        except SpecError as e:
+            errors += [f"{path}: {line}" for line in e.errors]
+    if errors:
+        for line in errors:
+            print(f"zeroserve up: {line}", file=sys.stderr)
+        return 2
+    config = UpConfig(files=tuple(args.file), host=args.host, port=args.port,
+                      admin_host=args.admin_host, admin_port=args.admin_port, drain_s=args.drain,
+                      stop_grace_s=args.stop_grace, cache_dir=args.cache_dir)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        asyncio.run(serve(services, config))
+    except OSError as e:
+        print(f"zeroserve up: {e}", file=sys.stderr)
+        return 1
+    return 0
