@@ -1,0 +1,192 @@
+"""The node cache: content-addressed model directories shared by every replica on the machine.
+
+Layout under the root (ZEROSERVE_CACHE_DIR, default ~/.cache/zeroserve):
+  entries/<key>/data/...     published, read-only files; <key> = sha256(URI, version)[:32]
+  entries/<key>/meta.json    {"uri", "version", "bytes", "files", "created_at"}
+  entries/<key>/last_used    touched on every use: its mtime orders LRU eviction
+  staging/<key>/             downloads in progress (.partial files + journals, done/ files)
+  locks/<key>.lock           fcntl.flock: exclusive while downloading/evicting, shared while linking
+An entry appears by one rename of a finished directory, so nothing half-done ever looks complete.
+Replicas get hard links, so evicting an entry never breaks a running replica: its links keep the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+DEFAULT_BUDGET_BYTES = 100 * (1 << 30)
+LOCK_POLL_S = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    key: str
+    uri: str
+    version: str
+    size_bytes: int
+    files: int
+    last_used_s: float  # unix time
+    path: Path
+
+
+def parse_bytes(text: str) -> int:
+    """'50G', '512Mi', '1073741824' -> bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCache:
+    root: Path
+    budget_bytes: int = DEFAULT_BUDGET_BYTES
+
+    @classmethod
+    def default(cls) -> NodeCache:
+        root = os.environ.get("ZEROSERVE_CACHE_DIR") or str(Path.home() / ".cache" / "zeroserve")
+        budget = os.environ.get("ZEROSERVE_CACHE_BYTES")
+        return cls(Path(root), parse_bytes(budget) if budget else DEFAULT_BUDGET_BYTES)
+
+    @staticmethod
+    def key_for(uri: str, version: str) -> str:
+        return hashlib.sha256(f"{uri}\n{version}".encode()).hexdigest()[:32]
+
+    def entry_dir(self, key: str) -> Path:
+        return self.root / "entries" / key
+
+    def staging_dir(self, key: str) -> Path:
+        return self.root / "staging" / key
+
+    def lookup(self, key: str) -> Path | None:
+        path = self.entry_dir(key)
+        return path if (path / "meta.json").is_file() else None
+
+    def touch(self, key: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.entry_dir(key) / "last_used").touch()
+
+    @contextlib.asynccontextmanager
+    async def lock(self, key: str, *, shared: bool = False) -> AsyncIterator[None]:
+        """Cross-process lock on one entry. Polls with LOCK_NB so waiting stays cancellable."""
+        lock_dir = self.root / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_dir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+            while True:
+                try:
+                    fcntl.flock(fd, mode)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(LOCK_POLL_S)
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock
+
+    def try_lock_exclusive(self, key: str) -> int | None:
+        """A held exclusive lock fd, or None if someone is using the entry (eviction skips it)."""
+        lock_dir = self.root / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_dir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def publish(self, key: str, data_dir: Path, uri: str, version: str) -> Path:
+        """Move a finished `data_dir` in as entry `key` (caller holds the exclusive lock)."""
+        nbytes = 0
+        nfiles = 0
+        for dirpath, _dirs, names in os.walk(data_dir):
+            for name in names:
+                p = os.path.join(dirpath, name)
+                st = os.lstat(p)
+                nbytes += st.st_size
+                nfiles += 1
+                if not os.path.islink(p):
+                    # Read-only: every replica shares these inodes through hard links.
+                    os.chmod(p, 0o444)
+        build = self.root / "entries" / f".build-{key}-{os.getpid()}"
+        shutil.rmtree(build, ignore_errors=True)
+        build.mkdir(parents=True)
+        os.rename(data_dir, build / "data")
+        meta = {"uri": uri, "version": version, "bytes": nbytes, "files": nfiles, "created_at": time.time()}
+        (build / "meta.json").write_text(json.dumps(meta))
+        (build / "last_used").touch()
+        final = self.entry_dir(key)
+        shutil.rmtree(final, ignore_errors=True)  # a leftover without meta.json (lookup said absent)
+        os.rename(build, final)
+        return final
+
+    def entries(self) -> list[CacheEntry]:
+        out: list[CacheEntry] = []
+        base = self.root / "entries"
+        if not base.is_dir():
+            return out
+        for path in base.iterdir():
+            try:
+                meta = json.loads((path / "meta.json").read_text())
+                used = (path / "last_used").stat().st_mtime
+            except (OSError, ValueError):
+                continue
+            nbytes, nfiles = int(meta["bytes"]), int(meta["files"])
+            out.append(CacheEntry(path.name, meta["uri"], meta["version"], nbytes, nfiles, used, path))
+        return sorted(out, key=lambda e: e.last_used_s)
+
+    def find_uri(self, uri: str) -> CacheEntry | None:
+        """The most recently used entry for `uri`, whatever its version (offline fallback)."""
+        matches = [e for e in self.entries() if e.uri == uri]
+        return matches[-1] if matches else None
+
+    def remove(self, key: str) -> bool:
+        """Delete one entry unless a replica is linking from it right now."""
+        fd = self.try_lock_exclusive(key)
+        if fd is None:
+            return False
+        try:
+            path = self.entry_dir(key)
+            if not path.exists():
+                return False
+            trash = self.root / "entries" / f".trash-{key}-{os.getpid()}"
+            os.rename(path, trash)  # one rename: the entry vanishes atomically, deletion can be slow
+            for dirpath, dirs, _names in os.walk(trash):
+                for d in dirs:
+                    os.chmod(os.path.join(dirpath, d), 0o755)
+            shutil.rmtree(trash, ignore_errors=True)
+            shutil.rmtree(self.staging_dir(key), ignore_errors=True)
+            return True
+        finally:
+            os.close(fd)
+
+    def prune(self, budget_bytes: int | None = None, keep: frozenset[str] = frozenset()) -> list[CacheEntry]:
+        """Evict least recently used entries until the total fits the budget."""
+        budget = self.budget_bytes if budget_bytes is None else budget_bytes
+        entries = self.entries()
+        total = sum(e.size_bytes for e in entries)
+        removed: list[CacheEntry] = []
+        for entry in entries:
+            if total <= budget:
+                break
+            if entry.key in keep:
+                continue
+            if self.remove(entry.key):
+                total -= entry.size_bytes
+                removed.append(entry)
+                log.info("evicted %s (%d bytes) from the node cache", entry.uri, entry.size_bytes)
+        return removed

@@ -1,0 +1,247 @@
+"""prefetch() and materialize(): the storage initializer's async API (see the package docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.storage import metrics
+from runtime.storage.archive import extract, is_archive
+from runtime.storage.cache import NodeCache
+from runtime.storage.errors import DiskFullError, NotFoundError, StorageError, TransientError
+from runtime.storage.progress import Progress, report_progress
+from runtime.storage.sources import Listing, Source, open_source
+from runtime.storage.transfer import Downloader, TransferConfig, remove_tree
+from runtime.storage.uri import StorageUri, parse_uri
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    uri: str
+    dest: Path
+    cache_hit: bool  # True when no byte was downloaded by this call
+    bytes: int  # size of the model delivered into dest
+    files: int
+    seconds: float
+
+    def summary(self) -> str:
+        rate = self.bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
+        return (
+            f"storage-init uri={self.uri} dest={self.dest} cache={'hit' if self.cache_hit else 'miss'} "
+            f"files={self.files} bytes={self.bytes} seconds={self.seconds:.3f} MBps={rate:.1f}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Ensured:
+    entry: Path
+    downloaded: bool
+    nbytes: int
+
+
+async def _listing(
+    uri: StorageUri, source: Source, cache: NodeCache | None
+) -> tuple[Listing | None, Path | None]:
+    """Ask the store what the URI holds now; if it cannot be reached, fall back to the cached copy."""
+    try:
+        return await source.listing(), None
+    except TransientError as err:
+        cached = cache.find_uri(uri.raw) if cache is not None else None
+        if cached is None:
+            raise
+        log.warning("store unreachable (%s); using the cached copy of %s", err.cause, uri.raw)
+        return None, cached.path
+
+
+async def _download(
+    uri: StorageUri, source: Source, listing: Listing, staging: Path, config: TransferConfig
+) -> Path:
+    """Fetch into `staging` and return the finished data directory (archives unpacked)."""
+    progress = Progress(total_bytes=listing.total_bytes)
+    reporter = asyncio.create_task(report_progress(progress))
+    try:
+        await Downloader(uri.raw, source, staging, config, progress).run(listing.files)
+    finally:
+        reporter.cancel()
+        await asyncio.gather(reporter, return_exceptions=True)
+    done = staging / "done"
+    if listing.single_object and is_archive(listing.files[0].path):
+        unpacked = staging / "unpacked"
+        remove_tree(unpacked)
+        try:
+            await asyncio.to_thread(extract, uri.raw, done / listing.files[0].path, unpacked)
+        except BaseException:
+            remove_tree(unpacked)
+            remove_tree(staging)  # a rejected archive must not be resumed either
+            raise
+        return unpacked
+    return done
+
+
+async def _ensure(uri: StorageUri, cache: NodeCache, config: TransferConfig) -> _Ensured:
+    source = open_source(uri)
+    try:
+        listing, fallback = await _listing(uri, source, cache)
+        if listing is None:
+            assert fallback is not None
+            return _Ensured(fallback, False, 0)
+        key = cache.key_for(uri.raw, listing.version)
+        entry = cache.lookup(key)
+        if entry is not None:
+            cache.touch(key)
+            return _Ensured(entry, False, 0)
+        async with cache.lock(key):
+            entry = cache.lookup(key)  # another replica may have finished while we waited
+            if entry is not None:
+                cache.touch(key)
+                return _Ensured(entry, False, 0)
+            started = time.monotonic()
+            staging = cache.staging_dir(key)
+            data = await _download(uri, source, listing, staging, config)
+            entry = cache.publish(key, data, uri.raw, listing.version)
+            remove_tree(staging)
+            metrics.record(uri.scheme, False, listing.total_bytes, time.monotonic() - started)
+        await asyncio.to_thread(cache.prune, None, frozenset({key}))
+        return _Ensured(entry, True, listing.total_bytes)
+    except OSError as err:
+        raise _os_error(uri.raw, err) from err
+    finally:
+        await source.close()
+
+
+def _os_error(uri: str, err: OSError) -> StorageError:
+    if err.errno == errno.ENOSPC:
+        return DiskFullError(uri, f"disk full ({err.filename or ''})")
+    return StorageError(uri, f"{err.strerror or err} ({err.filename or ''})")
+
+
+async def prefetch(uri: str, cache: NodeCache, config: TransferConfig | None = None) -> Path:
+    """Make sure the node cache holds `uri`; return the entry directory (its files are under data/)."""
+    ensured = await _ensure(_remote(uri), cache, config or TransferConfig())
+    return ensured.entry
+
+
+def _remote(raw: str) -> StorageUri:
+    uri = parse_uri(raw)
+    if uri.is_local:
+        raise StorageError(raw, "local paths are read in place and never cached")
+    return uri
+
+
+def link_tree(src: Path, dest: Path) -> tuple[int, int]:
+    """Hard-link every file of `src` into `dest` (symlinks when they are on different filesystems)."""
+    nbytes = files = 0
+    use_symlinks = False
+    dest.mkdir(parents=True, exist_ok=True)
+    for dirpath, dirs, names in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        out_dir = dest if rel == "." else dest / rel
+        for d in dirs:
+            (out_dir / d).mkdir(exist_ok=True)
+        for name in names:
+            s = os.path.join(dirpath, name)
+            target = out_dir / name
+            if target.exists() or target.is_symlink():
+                target.unlink()
+            if os.path.islink(s):
+                os.symlink(os.readlink(s), target)
+                continue
+            if not use_symlinks:
+                try:
+                    os.link(s, target)
+                except OSError as err:
+                    if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                        raise
+                    use_symlinks = True  # cross-device: point at the read-only cache copy instead
+            if use_symlinks:
+                os.symlink(s, target)
+            nbytes += os.stat(s).st_size
+            files += 1
+    return nbytes, files
+
+
+def _local(uri: StorageUri, dest: Path) -> tuple[int, int]:
+    assert uri.local_path is not None
+    src = uri.local_path
+    if not src.exists():
+        raise NotFoundError(uri.raw, f"not found ({src} does not exist)")
+    if src.is_file():
+        dest.mkdir(parents=True, exist_ok=True)
+        if is_archive(src.name):
+            extract(uri.raw, src, dest)
+            return sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()), sum(
+                1 for p in dest.rglob("*") if p.is_file()
+            )
+        shutil.copy2(src, dest / src.name)
+        return src.stat().st_size, 1
+    if uri.scheme == "pvc":  # a mounted volume: point at it, copying would defeat its purpose
+        return link_tree(src, dest) if _same_device(src, dest) else _symlink_dir(src, dest)
+    shutil.copytree(src, dest, dirs_exist_ok=True)
+    return sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()), sum(
+        1 for p in dest.rglob("*") if p.is_file()
+    )
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    b.mkdir(parents=True, exist_ok=True)
+    return a.stat().st_dev == b.stat().st_dev
+
+
+def _symlink_dir(src: Path, dest: Path) -> tuple[int, int]:
+    nbytes = files = 0
+    for child in src.iterdir():
+        target = dest / child.name
+        if not target.exists():
+            target.symlink_to(child)
+        for p in [child] if child.is_file() else child.rglob("*"):
+            if p.is_file():
+                nbytes += p.stat().st_size
+                files += 1
+    return nbytes, files
+
+
+async def materialize(
+    uri: str, dest: Path, cache: NodeCache | None, config: TransferConfig | None = None
+) -> FetchResult:
+    """Deliver the model at `uri` into `dest`: from the node cache by hard links when one is given,
+    else downloaded straight into `dest` (through a hidden staging folder beside it)."""
+    started = time.monotonic()
+    parsed = parse_uri(uri)
+    dest = Path(os.getcwd(), dest)  # absolute: symlink fallbacks and logs need full paths
+    try:
+        if parsed.is_local:
+            nbytes, files = await asyncio.to_thread(_local, parsed, dest)
+            return FetchResult(uri, dest, False, nbytes, files, time.monotonic() - started)
+        cfg = config or TransferConfig()
+        if cache is None:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            scratch = NodeCache(dest.parent / f".zeroserve-{uuid.uuid4().hex[:8]}", budget_bytes=1 << 62)
+            try:
+                ensured = await _ensure(parsed, scratch, cfg)
+                nbytes, files = await asyncio.to_thread(link_tree, ensured.entry / "data", dest)
+            finally:
+                await asyncio.to_thread(shutil.rmtree, scratch.root, True)
+        else:
+            for _attempt in range(3):
+                ensured = await _ensure(parsed, cache, cfg)
+                async with cache.lock(ensured.entry.name, shared=True):  # keeps eviction away while we link
+                    # Another process may have evicted it between our lookup and the lock.
+                    if (ensured.entry / "meta.json").is_file():
+                        nbytes, files = await asyncio.to_thread(link_tree, ensured.entry / "data", dest)
+                        break
+            else:
+                raise StorageError(uri, "cache entry kept being evicted while linking; budget too small?")
+    except OSError as err:
+        raise _os_error(uri, err) from err
+    if not ensured.downloaded:
+        metrics.record(parsed.scheme, True, nbytes, None)
+    return FetchResult(uri, dest, not ensured.downloaded, nbytes, files, time.monotonic() - started)

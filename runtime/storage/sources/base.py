@@ -1,0 +1,127 @@
+"""What every scheme provides, and the aiohttp plumbing shared by the HTTP-based ones."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from runtime.storage.errors import (
+    AccessDeniedError,
+    IntegrityError,
+    NotFoundError,
+    StorageError,
+    TransientError,
+)
+
+# Big enough that per-chunk Python overhead vanishes next to the copy, small enough to bound memory.
+READ_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFile:
+    """One object to fetch. `path` is relative to the destination; checksums are hex digests."""
+
+    path: str
+    size_bytes: int
+    ref: str  # URL or object key, whatever the source needs to read it
+    etag: str = ""
+    md5: str | None = None
+    sha256: str | None = None
+    git_sha1: str | None = None  # git blob id, for small files in a git repo (HF non-LFS files)
+    accepts_ranges: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """The files under a URI and a version string that changes when any of them changes."""
+
+    version: str
+    files: tuple[RemoteFile, ...]
+    single_object: bool = False  # the URI named one object (an archive may be unpacked)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size_bytes for f in self.files)
+
+
+class Source(Protocol):
+    """A URI scheme. `read` yields the bytes [start, end) of a file, raising StorageError subclasses."""
+
+    scheme: str
+
+    async def listing(self) -> Listing: ...
+
+    def read(self, f: RemoteFile, start: int, end: int) -> AsyncIterator[bytes]: ...
+
+    async def close(self) -> None: ...
+
+    def verified_digests(self, f: RemoteFile) -> RemoteFile:
+        """`f` with only the checksums that still hold after the download (headers may void one)."""
+        ...
+
+
+def safe_relative_path(uri: str, name: str) -> str:
+    """Reject object names that would land outside the destination (`../x`, `/etc/x`)."""
+    clean = posixpath.normpath(name.replace("\\", "/")).lstrip("/")
+    if clean in ("", ".") or clean.startswith("../") or clean == ".." or "\x00" in clean:
+        raise IntegrityError(uri, f"unsafe object name {name!r}")
+    return clean
+
+
+def check_status(uri: str, status: int, reason: str, what: str) -> None:
+    """Map an HTTP status to the exception tree; return quietly for 2xx."""
+    if 200 <= status < 300:
+        return
+    detail = f"{what}: HTTP {status} {reason}".strip()
+    if status == 404:
+        raise NotFoundError(uri, f"not found ({detail})")
+    if status in (401, 403):
+        raise AccessDeniedError(uri, f"access denied ({detail}); check credentials")
+    if status in (408, 429) or status >= 500:
+        raise TransientError(uri, detail)
+    raise StorageError(uri, detail)
+
+
+def new_session(concurrency: int) -> aiohttp.ClientSession:
+    """One session per fetch; per-request timeouts instead of a total one (files can be huge)."""
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=60)
+    connector = aiohttp.TCPConnector(limit=concurrency * 2, limit_per_host=concurrency, ttl_dns_cache=300)
+    return aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False)
+
+
+async def stream_get(
+    session: aiohttp.ClientSession,
+    uri: str,
+    url: str | URL,
+    headers: Mapping[str, str],
+    f: RemoteFile,
+    start: int,
+    end: int,
+    on_headers: Callable[[CIMultiDictProxy[str]], None] | None = None,
+) -> AsyncIterator[bytes]:
+    """GET [start, end) of `f` at `url`, checking that the server honoured the range."""
+    whole = start == 0 and end == f.size_bytes
+    hdrs = dict(headers)
+    if not whole:
+        hdrs["Range"] = f"bytes={start}-{end - 1}"
+    try:
+        async with session.get(url, headers=hdrs) as resp:
+            check_status(uri, resp.status, resp.reason or "", f.path)
+            if not whole and resp.status != 206:
+                raise StorageError(uri, f"{f.path}: server ignored the Range header (HTTP {resp.status})")
+            if on_headers is not None:
+                on_headers(resp.headers)
+            if resp.content_length is not None and resp.content_length != end - start:
+                raise IntegrityError(
+                    uri, f"{f.path}: expected {end - start} bytes, server sent {resp.content_length}"
+                )
+            async for chunk in resp.content.iter_chunked(READ_CHUNK_BYTES):
+                yield chunk
+    except (aiohttp.ClientError, TimeoutError) as err:
+        raise TransientError(uri, f"{f.path}: {type(err).__name__}: {err}") from err
