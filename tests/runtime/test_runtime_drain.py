@@ -1,0 +1,69 @@
+"""SIGTERM drain: readiness drops, new work is refused, in-flight work finishes, exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+from runtime_server_proc import start_server
+
+from runtime.server.tiny_llm import pseudo_text
+
+# A prompt whose synthetic completion is long enough that max_tokens, not the text, ends it.
+PROMPT = next(p for p in (f"drain {i}" for i in range(100)) if len(pseudo_text(p, None, 100)) >= 30)
+
+
+async def test_sigterm_lets_the_inflight_stream_finish(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--model", "tiny-llm", "--load-time-s", "0",
+                          "--token-latency-s", "0.04", "--drain-grace-s", "20")
+    body = {"model": "tiny-llm", "prompt": PROMPT, "max_tokens": 30, "stream": True}
+    async with aiohttp.ClientSession() as s, s.post(server.url + "/v1/completions", json=body) as stream:
+        assert stream.status == 200
+        first = await stream.content.readline()
+        assert first.startswith(b"data: ")
+        server.proc.send_signal(signal.SIGTERM)
+        sent_at = time.monotonic()
+
+        # Readiness turns 503 while the stream is still going; liveness stays up.
+        for _ in range(200):
+            if await asyncio.to_thread(server.status, "/v2/health/ready") == 503:
+                break
+            await asyncio.sleep(0.01)
+        assert await asyncio.to_thread(server.status, "/v2/health/ready") == 503
+        async with aiohttp.ClientSession() as other:
+            late = {"model": "tiny-llm", "prompt": "late", "max_tokens": 2}
+            async with other.post(server.url + "/v1/completions", json=late) as r:
+                assert r.status == 503
+                assert (await r.json())["error"]["code"] == "draining"
+        assert server.proc.poll() is None
+
+        rest = (await stream.read()).decode()
+    events = [e for e in (first.decode() + rest).split("\n\n") if e.strip()]
+    assert events[-1] == "data: [DONE]"
+    assert len(events) == 30 + 1 + 1          # every token, the finish chunk, [DONE]
+    assert '"finish_reason":"length"' in events[-2]
+    assert await asyncio.to_thread(server.proc.wait, 10) == 0
+    assert time.monotonic() - sent_at >= 0.04 * 25   # it waited for the stream, not the other way round
+    assert "draining model=tiny-llm in_flight=1" in server.log()
+
+
+async def test_grace_bounds_the_drain(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--model", "tiny-llm", "--load-time-s", "0",
+                          "--token-latency-s", "0.2", "--drain-grace-s", "0.3")
+    body = {"model": "tiny-llm", "prompt": PROMPT, "max_tokens": 30, "stream": True}
+    async with aiohttp.ClientSession() as s, s.post(server.url + "/v1/completions", json=body) as stream:
+        await stream.content.readline()
+        server.proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert await asyncio.to_thread(server.proc.wait, 10) == 0
+        assert time.monotonic() - started < 0.2 * 30 / 2     # did not wait for the 6 s stream
+    assert "drain grace over with 1 requests in flight" in server.log()
+
+
+async def test_sigterm_during_load_exits_0(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--model", "tiny-llm", "--load-time-s", "30", ready=False)
+    assert server.status("/v2/health/ready") == 503
+    assert await asyncio.to_thread(server.stop, 10) == 0
