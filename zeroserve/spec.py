@@ -346,7 +346,8 @@ def _parse_runtime(r: _Reader) -> RuntimeSpec:
     if kind == "command" and not command and not runtime.image:
         r.errors.append(f"{r.prefix}: kind command needs command (local) or image (kubernetes)")
     if kind == "builtin" and not model:
-        r.errors.append(f"{r.prefix}.model: required for the builtin runtime (iris, tiny-llm or module:Class)")
+        r.errors.append(f"{r.prefix}.model: required for the builtin runtime "
+                        "(iris, tiny-llm or module:Class)")
     r.unknown()
     return runtime
 
