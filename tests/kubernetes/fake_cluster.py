@@ -1,0 +1,282 @@
+"""The emulator's controllers: deployment -> pods, a one-node scheduler with a GPU budget, a kubelet
+that runs each scheduled pod as a real local process, and the EndpointSlice controller.
+
+Simplifications (each one documented in docs/kubernetes.md): pods are owned by the Deployment
+directly (no ReplicaSets, no rolling updates), all pods share 127.0.0.1 so each pod gets its own
+port (its containerPort is rewritten at creation, and each port gets its own EndpointSlice), pods
+are deleted at once (no graceful termination window), readiness is probed every 50 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from emulator import Obj, Store, parse_selector, selector_matches
+
+DEPLOY, POD, SVC = "apps/v1/deployments", "v1/pods", "v1/services"
+SLICE = "discovery.k8s.io/v1/endpointslices"
+REPLICA = Path(__file__).with_name("replica.py")
+Launcher = Callable[[Obj, int], tuple[list[str], dict[str, str]]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def standin_launcher(startup_delay_s: float = 0.0) -> Launcher:
+    """Run the stand-in replica, serving the model named by the pod's `serving.zeroserve.io/model`."""
+
+    def launch(pod: Obj, port: int) -> tuple[list[str], dict[str, str]]:
+        model = pod["metadata"]["labels"].get("serving.zeroserve.io/model", "model")
+        argv = [sys.executable, str(REPLICA), "--port", str(port), "--model", model,
+                "--startup-delay-s", str(startup_delay_s)]
+        return argv, dict(os.environ)
+
+    return launch
+
+
+def _ready(pod: Obj) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def _gpus(pod: Obj) -> int:
+    return sum(int(((c.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu", 0))
+               for c in pod["spec"].get("containers") or [])
+
+
+def _port(pod: Obj) -> int:
+    return int(pod["spec"]["containers"][0]["ports"][0]["containerPort"])
+
+
+class FakeCluster:
+    def __init__(self, store: Store, launcher: Launcher, *, gpus: int = 0) -> None:
+        self.store = store
+        self.launcher = launcher
+        self.gpus = gpus
+        self.kubelets: dict[str, asyncio.Task[None]] = {}  # pod uid -> task
+        self.started_pods: list[str] = []  # pod names, in start order
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1))
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        tasks = list(self.kubelets.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def set_gpus(self, gpus: int) -> None:
+        self.gpus = gpus
+        self.store.changed.set()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.store.changed.wait(), 0.5)
+            self.store.changed.clear()
+            self.reconcile()
+
+    def reconcile(self) -> None:
+        namespaces = {ns for (_, ns, _) in self.store.objects}
+        for ns in sorted(namespaces):
+            for deploy in self.store.list(DEPLOY, ns):
+                self._sync_pods(deploy)
+            self._schedule(ns)
+            for deploy in self.store.list(DEPLOY, ns):
+                self._sync_status(deploy)
+            for svc in self.store.list(SVC, ns):
+                self._sync_slices(svc)
+        live = {p["metadata"]["uid"] for (res, _, _), p in self.store.objects.items() if res == POD}
+        for uid, task in list(self.kubelets.items()):
+            if uid not in live:
+                task.cancel()
+                del self.kubelets[uid]
+
+    def _owned_pods(self, deploy: Obj) -> list[Obj]:
+        uid = deploy["metadata"]["uid"]
+        return [p for p in self.store.list(POD, deploy["metadata"]["namespace"])
+                if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])]
+
+    def _sync_pods(self, deploy: Obj) -> None:
+        ns, name = deploy["metadata"]["namespace"], deploy["metadata"]["name"]
+        want = int(deploy["spec"].get("replicas", 1))
+        pods = self._owned_pods(deploy)
+        for _ in range(want - len(pods)):
+            self.store.create(POD, ns, self._new_pod(deploy))
+        if len(pods) > want:
+            # The ReplicaSet controller's order: unscheduled, then not ready, then the newest.
+            def rank(p: Obj) -> tuple[int, int, int]:
+                rv = int(p["metadata"]["resourceVersion"])
+                return (1 if p["spec"].get("nodeName") else 0, 1 if _ready(p) else 0, -rv)
+            for victim in sorted(pods, key=rank)[: len(pods) - want]:
+                self.store.delete(POD, ns, victim["metadata"]["name"])
+        del name
+
+    def _new_pod(self, deploy: Obj) -> Obj:
+        template = copy.deepcopy(deploy["spec"]["template"])
+        meta = template.get("metadata") or {}
+        spec = template["spec"]
+        port = free_port()
+        main = spec["containers"][0]
+        main["ports"] = [{**(main.get("ports") or [{}])[0], "containerPort": port}]
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            http = (main.get(probe) or {}).get("httpGet")
+            if http is not None:
+                http["port"] = port
+        owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": deploy["metadata"]["name"],
+                 "uid": deploy["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+        return {"metadata": {"name": f"{deploy['metadata']['name']}-{uuid.uuid4().hex[:5]}",
+                             "labels": meta.get("labels") or {},
+                             "annotations": meta.get("annotations") or {},
+                             "ownerReferences": [owner]},
+                "spec": spec, "status": {"phase": "Pending"}}
+
+    def _schedule(self, ns: str) -> None:
+        pods = [p for (res, _, _), p in self.store.objects.items() if res == POD]
+        used = sum(_gpus(p) for p in pods if p["spec"].get("nodeName"))
+        for pod in self.store.list(POD, ns):
+            if pod["spec"].get("nodeName"):
+                if pod["metadata"]["uid"] not in self.kubelets:
+                    self._start_kubelet(pod)
+                continue
+            need = _gpus(pod)
+            status = copy.deepcopy(pod.get("status") or {})
+            if need > self.gpus - used:
+                status["conditions"] = [{
+                    "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu. preemption: "
+                               "0/1 nodes are available: 1 No preemption victims found for incoming pod."}]
+                status["phase"] = "Pending"
+                self.store.replace(POD, ns, pod["metadata"]["name"], {**pod, "status": status},
+                                   subresource="status", check_rv=False)
+                continue
+            used += need
+            bound = {**pod, "spec": {**pod["spec"], "nodeName": "node-1"}}
+            bound = self.store.replace(POD, ns, pod["metadata"]["name"], bound, check_rv=False)
+            status["conditions"] = [{"type": "PodScheduled", "status": "True"}]
+            bound = self.store.replace(POD, ns, pod["metadata"]["name"], {**bound, "status": status},
+                                       subresource="status", check_rv=False)
+            self._start_kubelet(bound)
+
+    def _start_kubelet(self, pod: Obj) -> None:
+        self.started_pods.append(pod["metadata"]["name"])
+        self.kubelets[pod["metadata"]["uid"]] = asyncio.create_task(self._kubelet(pod))
+
+    def _set_status(self, pod: Obj, **changes: Any) -> None:
+        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        current = self.store.get(POD, ns, name)
+        if current is None or current["metadata"]["uid"] != pod["metadata"]["uid"]:
+            return
+        status = {**(current.get("status") or {}), **changes}
+        self.store.replace(POD, ns, name, {**current, "status": status}, subresource="status",
+                           check_rv=False)
+
+    async def _kubelet(self, pod: Obj) -> None:
+        port = _port(pod)
+        argv, env = self.launcher(pod, port)
+        probe = (pod["spec"]["containers"][0].get("readinessProbe") or {}).get("httpGet") or {}
+        url = f"http://127.0.0.1:{port}{probe.get('path', '/')}"
+        scheduled = {"type": "PodScheduled", "status": "True"}
+        proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.DEVNULL)
+        try:
+            self._set_status(pod, phase="Running", podIP="127.0.0.1", hostIP="127.0.0.1",
+                             conditions=[scheduled, {"type": "Ready", "status": "False"}])
+            ready = False
+            assert self._session is not None
+            while proc.returncode is None:
+                try:
+                    async with self._session.get(url) as resp:
+                        now_ready = resp.status == 200
+                except (aiohttp.ClientError, TimeoutError):
+                    now_ready = False
+                if now_ready != ready:
+                    ready = now_ready
+                    self._set_status(pod, conditions=[scheduled, {"type": "Ready",
+                                                                  "status": str(ready)}])
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 0.05)
+            self._set_status(pod, phase="Failed", conditions=[scheduled, {"type": "Ready",
+                                                                          "status": "False"}])
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 3)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+    def _sync_status(self, deploy: Obj) -> None:
+        pods = self._owned_pods(deploy)
+        ready = sum(1 for p in pods if _ready(p))
+        status: Obj = {"observedGeneration": deploy["metadata"].get("generation", 1)}
+        # The real controller omits zero counts; readers must treat a missing field as 0.
+        for key, value in (("replicas", len(pods)), ("readyReplicas", ready),
+                           ("availableReplicas", ready), ("updatedReplicas", len(pods)),
+                           ("unavailableReplicas", len(pods) - ready)):
+            if value:
+                status[key] = value
+        if status != deploy.get("status"):
+            self.store.replace(DEPLOY, deploy["metadata"]["namespace"], deploy["metadata"]["name"],
+                               {**deploy, "status": status}, subresource="status", check_rv=False)
+
+    def _sync_slices(self, svc: Obj) -> None:
+        ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+        selector = svc["spec"].get("selector")
+        if not selector:
+            return
+        sel = parse_selector(",".join(f"{k}={v}" for k, v in selector.items()))
+        by_port: dict[int, list[Obj]] = {}
+        for pod in self.store.list(POD, ns):
+            if selector_matches(sel, pod["metadata"].get("labels") or {}) and \
+                    (pod.get("status") or {}).get("podIP"):
+                by_port.setdefault(_port(pod), []).append(pod)
+        port_name = ((svc["spec"].get("ports") or [{}])[0]).get("name", "http")
+        owner = {"apiVersion": "v1", "kind": "Service", "name": name, "uid": svc["metadata"]["uid"],
+                 "controller": True, "blockOwnerDeletion": True}
+        labels = {**(svc["metadata"].get("labels") or {}), "kubernetes.io/service-name": name,
+                  "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}
+        wanted: set[str] = set()
+        for port, pods in sorted(by_port.items()):
+            slice_name = f"{name}-{port}"
+            wanted.add(slice_name)
+            endpoints = [{"addresses": [p["status"]["podIP"]],
+                          "conditions": {"ready": _ready(p), "serving": _ready(p), "terminating": False},
+                          "targetRef": {"kind": "Pod", "name": p["metadata"]["name"], "namespace": ns,
+                                        "uid": p["metadata"]["uid"]},
+                          "nodeName": p["spec"].get("nodeName")} for p in pods]
+            body = {"metadata": {"name": slice_name, "labels": labels, "ownerReferences": [owner]},
+                    "addressType": "IPv4", "endpoints": endpoints,
+                    "ports": [{"name": port_name, "port": port, "protocol": "TCP"}]}
+            old = self.store.get(SLICE, ns, slice_name)
+            if old is None:
+                self.store.create(SLICE, ns, body)
+            else:
+                meta = {**old["metadata"], **body["metadata"]}
+                self.store.replace(SLICE, ns, slice_name, {**old, **body, "metadata": meta},
+                                   check_rv=False)
+        for old in self.store.list(SLICE, ns, f"kubernetes.io/service-name={name}"):
+            if old["metadata"]["name"] not in wanted:
+                self.store.delete(SLICE, ns, old["metadata"]["name"])
