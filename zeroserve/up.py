@@ -85,12 +85,17 @@ class Stack:
     """Everything `up` runs, started and stopped in the right order."""
 
     def __init__(self, services: Iterable[ModelService], config: UpConfig,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, gpus: Any | None = None) -> None:
         self.config = config
         self.services = list(services)
         self.registry = registry if registry is not None else REGISTRY
         self.activator: Activator | None = None
-        self.backend = LocalBackend(gpus=_gpu_inventory(), stop_grace_s=config.stop_grace_s,
+        gpus = gpus if gpus is not None else _gpu_inventory()
+        if gpus is not None:
+            from runtime.gpu import GpuCollector
+
+            self.registry.register(GpuCollector(gpus))
+        self.backend = LocalBackend(gpus=gpus, stop_grace_s=config.stop_grace_s,
                                     demand=self._demand, registry=self.registry,
                                     cache=_node_cache(config.cache_dir))
         self.autoscaler = Autoscaler(self.backend, registry=self.registry)
