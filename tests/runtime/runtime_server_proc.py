@@ -58,8 +58,9 @@ class ServerProcess:
             raise
 
 
-def start_server(log_dir: Path, *args: str, ready: bool = True, extra_path: Path | None = None,
-                 timeout_s: float = 20.0) -> ServerProcess:
+def start_server(
+    log_dir: Path, *args: str, ready: bool = True, extra_path: Path | None = None, timeout_s: float = 20.0
+) -> ServerProcess:
     log_path = log_dir / f"server-{time.monotonic_ns()}.log"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -69,7 +70,10 @@ def start_server(log_dir: Path, *args: str, ready: bool = True, extra_path: Path
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "runtime.server.cli", "--port", "0", *args],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

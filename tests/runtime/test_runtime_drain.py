@@ -17,8 +17,17 @@ PROMPT = next(p for p in (f"drain {i}" for i in range(100)) if len(pseudo_text(p
 
 
 async def test_sigterm_lets_the_inflight_stream_finish(tmp_path: Path) -> None:
-    server = start_server(tmp_path, "--model", "tiny-llm", "--load-time-s", "0",
-                          "--token-latency-s", "0.04", "--drain-grace-s", "20")
+    server = start_server(
+        tmp_path,
+        "--model",
+        "tiny-llm",
+        "--load-time-s",
+        "0",
+        "--token-latency-s",
+        "0.04",
+        "--drain-grace-s",
+        "20",
+    )
     body = {"model": "tiny-llm", "prompt": PROMPT, "max_tokens": 30, "stream": True}
     async with aiohttp.ClientSession() as s, s.post(server.url + "/v1/completions", json=body) as stream:
         assert stream.status == 200
@@ -43,23 +52,32 @@ async def test_sigterm_lets_the_inflight_stream_finish(tmp_path: Path) -> None:
         rest = (await stream.read()).decode()
     events = [e for e in (first.decode() + rest).split("\n\n") if e.strip()]
     assert events[-1] == "data: [DONE]"
-    assert len(events) == 30 + 1 + 1          # every token, the finish chunk, [DONE]
+    assert len(events) == 30 + 1 + 1  # every token, the finish chunk, [DONE]
     assert '"finish_reason":"length"' in events[-2]
     assert await asyncio.to_thread(server.proc.wait, 10) == 0
-    assert time.monotonic() - sent_at >= 0.04 * 25   # it waited for the stream, not the other way round
+    assert time.monotonic() - sent_at >= 0.04 * 25  # it waited for the stream, not the other way round
     assert "draining model=tiny-llm in_flight=1" in server.log()
 
 
 async def test_grace_bounds_the_drain(tmp_path: Path) -> None:
-    server = start_server(tmp_path, "--model", "tiny-llm", "--load-time-s", "0",
-                          "--token-latency-s", "0.2", "--drain-grace-s", "0.3")
+    server = start_server(
+        tmp_path,
+        "--model",
+        "tiny-llm",
+        "--load-time-s",
+        "0",
+        "--token-latency-s",
+        "0.2",
+        "--drain-grace-s",
+        "0.3",
+    )
     body = {"model": "tiny-llm", "prompt": PROMPT, "max_tokens": 30, "stream": True}
     async with aiohttp.ClientSession() as s, s.post(server.url + "/v1/completions", json=body) as stream:
         await stream.content.readline()
         server.proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
         assert await asyncio.to_thread(server.proc.wait, 10) == 0
-        assert time.monotonic() - started < 0.2 * 30 / 2     # did not wait for the 6 s stream
+        assert time.monotonic() - started < 0.2 * 30 / 2  # did not wait for the 6 s stream
     assert "drain grace over with 1 requests in flight" in server.log()
 
 

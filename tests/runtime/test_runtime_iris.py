@@ -17,8 +17,9 @@ from tritonclient.utils import InferenceServerException
 
 @pytest.fixture(scope="module")
 def iris(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = start_server(tmp_path_factory.mktemp("iris"), "--model", "iris",
-                          "--model-dir", str(REPO / "examples" / "iris"))
+    server = start_server(
+        tmp_path_factory.mktemp("iris"), "--model", "iris", "--model-dir", str(REPO / "examples" / "iris")
+    )
     yield server
     assert server.stop() == 0
 
@@ -39,6 +40,7 @@ async def get(url: str) -> tuple[int, Any]:
 
 
 # --- KServe v1 -------------------------------------------------------------------------------
+
 
 async def test_v1_list_ready_and_predict(iris: ServerProcess) -> None:
     assert await get(iris.url + "/v1/models") == (200, {"models": ["iris"]})
@@ -78,6 +80,7 @@ async def test_v1_invalid_json(iris: ServerProcess) -> None:
 
 
 # --- Open Inference v2 with the Triton client ----------------------------------------------------
+
 
 @pytest.fixture
 def client(iris: ServerProcess) -> Iterator[triton.InferenceServerClient]:
@@ -135,7 +138,8 @@ def test_v2_errors_reach_the_triton_client(client: triton.InferenceServerClient)
 
 # --- v2 datatypes, shapes and error shapes over raw JSON -----------------------------------------
 
-def v2_body(datatype: str, shape: list[int], data: Any, name: str = "input-0") -> dict[str, Any]:
+
+def v2_body(datatype: str, shape: Any, data: Any, name: str = "input-0") -> dict[str, Any]:
     return {"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}]}
 
 
@@ -144,7 +148,7 @@ def v2_body(datatype: str, shape: list[int], data: Any, name: str = "input-0") -
     [
         (v2_body("FP16", [1, 4], [5.1, 3.5, 1.4, 0.2]), 200, None),
         (v2_body("FP32", [[1, 4]], [5.1, 3.5, 1.4, 0.2]), 400, "shape"),
-        (v2_body("FP32", [1, 4], [[5.1, 3.5], [1.4, 0.2]]), 200, None),        # nested data is flattened
+        (v2_body("FP32", [1, 4], [[5.1, 3.5], [1.4, 0.2]]), 200, None),  # nested data is flattened
         (v2_body("FP32", [1, 4], [5.1, 3.5, 1.4]), 400, "3 values"),
         (v2_body("FP32", [1, 4], [5.1, 3.5, 1.4, "x"]), 400, "not all FP32"),
         (v2_body("FP32", [1, 4], [5.1, 3.5, 1.4, True]), 400, "not all FP32"),

@@ -71,8 +71,9 @@ def test_every_datatype_round_trips(echo: ServerProcess, binary: bool) -> None:
         ("UINT64", [0, 2**64], "out of range"),
     ],
 )
-async def test_json_values_must_fit_the_datatype(echo: ServerProcess, datatype: str, data: list[Any],
-                                                 fragment: str) -> None:
+async def test_json_values_must_fit_the_datatype(
+    echo: ServerProcess, datatype: str, data: list[Any], fragment: str
+) -> None:
     body = {"inputs": [{"name": "t", "datatype": datatype, "shape": [2], "data": data}]}
     async with aiohttp.ClientSession() as s, s.post(echo.url + "/v2/models/echo/infer", json=body) as r:
         assert r.status == 400
@@ -81,17 +82,33 @@ async def test_json_values_must_fit_the_datatype(echo: ServerProcess, datatype: 
 
 async def test_declared_inputs_sync_model_and_model_dir(tmp_path: Path) -> None:
     (tmp_path / "factor.txt").write_text("3")
-    server = start_server(tmp_path, "--model", "plugin_models:Scale", "--model-name", "scaler",
-                          "--model-dir", str(tmp_path), extra_path=HERE)
+    server = start_server(
+        tmp_path,
+        "--model",
+        "plugin_models:Scale",
+        "--model-name",
+        "scaler",
+        "--model-dir",
+        str(tmp_path),
+        extra_path=HERE,
+    )
     try:
-        body = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [2], "data": [1, 2.5]},
-                           {"name": "label", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]}]}
+        body = {
+            "inputs": [
+                {"name": "x", "datatype": "FP64", "shape": [2], "data": [1, 2.5]},
+                {"name": "label", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]},
+            ]
+        }
         async with aiohttp.ClientSession() as s:
             async with s.post(server.url + "/v2/models/scaler/infer", json=body) as r:
                 out = {o["name"]: o for o in (await r.json())["outputs"]}
             assert out["y"]["data"] == [3.0, 7.5]
-            assert out["greeting"] == {"name": "greeting", "datatype": "BYTES", "shape": [2],
-                                       "data": ["hello a", "hello b"]}
+            assert out["greeting"] == {
+                "name": "greeting",
+                "datatype": "BYTES",
+                "shape": [2],
+                "data": ["hello a", "hello b"],
+            }
             # KServe v1 with several inputs: one object per instance; predictions = first output.
             v1 = {"instances": [{"x": 1.0, "label": "a"}, {"x": 2.0, "label": "b"}]}
             async with s.post(server.url + "/v1/models/scaler:predict", json=v1) as r:
@@ -106,11 +123,13 @@ async def test_predict_exception_is_a_500_in_protocol_shape(tmp_path: Path) -> N
     server = start_server(tmp_path, "--model", "plugin_models:BrokenPredict", extra_path=HERE)
     try:
         body = {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [1]}]}
-        async with aiohttp.ClientSession() as s, s.post(server.url + "/v2/models/brokenpredict/infer",
-                                                        json=body) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(server.url + "/v2/models/brokenpredict/infer", json=body) as r,
+        ):
             assert r.status == 500
             assert await r.json() == {"error": "ValueError: model bug"}
-        assert server.status("/v2/health/ready") == 200   # one failed request does not fail the replica
+        assert server.status("/v2/health/ready") == 200  # one failed request does not fail the replica
     finally:
         assert server.stop() == 0
 

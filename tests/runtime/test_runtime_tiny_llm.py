@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import aiohttp
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from runtime_server_proc import ServerProcess, start_server
 
 from runtime.server.tiny_llm import pseudo_text
@@ -14,8 +15,17 @@ from runtime.server.tiny_llm import pseudo_text
 
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = start_server(tmp_path_factory.mktemp("llm"), "--model", "tiny-llm", "--model-name", "tiny",
-                          "--load-time-s", "0.05", "--token-latency-s", "0.001")
+    server = start_server(
+        tmp_path_factory.mktemp("llm"),
+        "--model",
+        "tiny-llm",
+        "--model-name",
+        "tiny",
+        "--load-time-s",
+        "0.05",
+        "--token-latency-s",
+        "0.001",
+    )
     yield server
     assert server.stop() == 0
 
@@ -56,18 +66,26 @@ def test_stop_sequence(client: openai.OpenAI) -> None:
     result = client.completions.create(model="tiny", prompt="stop test", max_tokens=40, stop=[word])
     assert result.choices[0].text == full[:cut]
     assert result.choices[0].finish_reason == "stop"
-    streamed = client.completions.create(model="tiny", prompt="stop test", max_tokens=40, stop=word, stream=True)
+    streamed = client.completions.create(
+        model="tiny", prompt="stop test", max_tokens=40, stop=word, stream=True
+    )
     assert "".join(c.choices[0].text for c in streamed if c.choices) == full[:cut]
 
 
 def test_chat_sync_and_stream_agree(client: openai.OpenAI) -> None:
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
-    reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12)  # type: ignore[arg-type]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+    ]
+    reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12)
     assert reply.object == "chat.completion"
     assert reply.choices[0].message.role == "assistant"
     assert reply.usage is not None and reply.usage.completion_tokens <= 12
     stream = client.chat.completions.create(
-        model="tiny", messages=messages, max_tokens=12, stream=True,  # type: ignore[arg-type]
+        model="tiny",
+        messages=messages,
+        max_tokens=12,
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -77,7 +95,7 @@ def test_chat_sync_and_stream_agree(client: openai.OpenAI) -> None:
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == [reply.choices[0].finish_reason]
     assert chunks[-1].choices == [] and chunks[-1].usage == reply.usage
-    assert len(chunks) >= reply.usage.completion_tokens + 2      # one chunk per token, role, finish
+    assert len(chunks) >= reply.usage.completion_tokens + 2  # one chunk per token, role, finish
 
 
 async def test_async_client_streams_completions(llm: ServerProcess) -> None:
@@ -97,14 +115,18 @@ async def test_sse_wire_format_ends_with_done(llm: ServerProcess) -> None:
     events = [e for e in raw.split("\n\n") if e]
     assert all(e.startswith("data: ") for e in events)
     assert events[-1] == "data: [DONE]"
-    assert len(events) == 3 + 1 + 1    # three tokens, the finish chunk, [DONE]
+    assert len(events) == 3 + 1 + 1  # three tokens, the finish chunk, [DONE]
 
 
 def test_openai_error_shapes(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         client.completions.create(model="gpt-9", prompt="x")
-    assert missing.value.body == {"message": "The model `gpt-9` does not exist.",
-                                  "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+    assert missing.value.body == {
+        "message": "The model `gpt-9` does not exist.",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
     with pytest.raises(openai.BadRequestError) as bad:
         client.completions.create(model="tiny", prompt="x", max_tokens=0)
     assert isinstance(bad.value.body, dict) and bad.value.body["param"] == "max_tokens"
@@ -122,10 +144,11 @@ async def test_tensor_protocols_refuse_a_generator(llm: ServerProcess) -> None:
 
 
 async def test_not_ready_while_loading(tmp_path_factory: pytest.TempPathFactory) -> None:
-    server = start_server(tmp_path_factory.mktemp("slow"), "--model", "tiny-llm", "--load-time-s", "1.5",
-                          ready=False)
+    server = start_server(
+        tmp_path_factory.mktemp("slow"), "--model", "tiny-llm", "--load-time-s", "1.5", ready=False
+    )
     try:
-        assert server.status("/v2/health/live") == 200        # liveness answers during load
+        assert server.status("/v2/health/live") == 200  # liveness answers during load
         assert server.status("/v2/health/ready") == 503
         assert server.status("/v1/models/tiny-llm") == 503
         body = {"model": "tiny-llm", "messages": [{"role": "user", "content": "x"}]}
