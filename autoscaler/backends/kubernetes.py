@@ -279,12 +279,13 @@ class KubernetesBackend:
     # --- the Backend protocol -------------------------------------------------------------------
 
     def register(self, svc: ModelService) -> None:
-        raw = self._raw.get(svc.name, {"metadata": {"name": svc.name}})
-        old = self.models.get(svc.name)
-        self.models[svc.name] = _Model(svc, raw, old.endpoints if old else EndpointSet(svc.name))
-        if old is not None:
-            self.models[svc.name].cold_start = old.cold_start
-            self.models[svc.name].last_status = old.last_status
+        state = self.models.get(svc.name)
+        if state is None:
+            raw = self._raw.get(svc.name, {"metadata": {"name": svc.name}})
+            self.models[svc.name] = _Model(svc, raw, EndpointSet(svc.name))
+        else:
+            state.svc = svc
+        self._refresh_endpoints(svc.name)
         self._mark(svc.name)
 
     def unregister(self, name: str) -> None:
@@ -357,13 +358,11 @@ class KubernetesBackend:
             log.warning("modelservice %s is invalid: %s", name, "; ".join(e.errors))
             return
         state = self.models.get(name)
-        if state is not None:
-            state.obj = obj
-        if state is None or state.svc != svc:
-            self._upsert(svc)
-            if name not in self.models:  # an autoscaler that does not register still gets a model
-                self.register(svc)
+        changed = state is None or state.svc != svc
+        self.register(svc)  # the backend's own view first; the autoscaler may register it again
         self.models[name].obj = obj
+        if changed:
+            self._upsert(svc)
 
     def _on_change(self, kind: str, obj: Obj) -> None:
         del kind

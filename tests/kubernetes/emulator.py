@@ -172,7 +172,7 @@ class Store:
 
     def __init__(self, history_limit: int = 10_000) -> None:
         self.objects: dict[Key, Obj] = {}
-        self.rv = 0
+        self.rv = 100  # a real server never lists at version 0, which means "any"
         self.history: deque[tuple[int, str, Obj]] = deque(maxlen=history_limit)
         self.floor_rv = 0  # watches from below this answer 410 Gone
         self.watchers: list[_Watcher] = []
@@ -303,6 +303,21 @@ class Store:
             w.queue.put_nowait(None)
 
 
+def openapi_to_jsonschema(schema: Any) -> Any:
+    """OpenAPI 3.0 (what a CRD holds) to JSON Schema: boolean exclusiveMinimum/Maximum become numbers."""
+    if isinstance(schema, list):
+        return [openapi_to_jsonschema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: openapi_to_jsonschema(v) for k, v in schema.items()}
+    for bound in ("Minimum", "Maximum"):
+        if out.get("exclusive" + bound) is True:
+            out["exclusive" + bound] = out.pop(bound.lower())
+        elif out.get("exclusive" + bound) is False:
+            del out["exclusive" + bound]
+    return out
+
+
 def _identity(request: web.Request) -> str:
     auth = request.headers.get("Authorization", "")
     return auth.removeprefix("Bearer ").strip() or "anonymous"
@@ -342,7 +357,7 @@ class ApiEmulator:
         """Validate custom objects against a CRD's openAPIV3Schema, as the API server does."""
         group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]
         for version in crd["spec"]["versions"]:
-            schema = version["schema"]["openAPIV3Schema"]
+            schema = openapi_to_jsonschema(version["schema"]["openAPIV3Schema"])
             self.store.schemas[f"{group}/{version['name']}/{plural}"] = schema
 
     def scale_writes(self) -> list[Write]:

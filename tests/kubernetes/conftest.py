@@ -1,0 +1,75 @@
+"""Fixtures: the Kubernetes API emulator with its fake cluster, and clients of it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from emulator import ApiEmulator, Obj
+from fake_cluster import FakeCluster, standin_launcher
+
+ROOT = Path(__file__).resolve().parents[2]
+NS = "models"
+MS = "serving.zeroserve.io/v1alpha1/modelservices"
+
+
+@dataclass
+class Harness:
+    emu: ApiEmulator
+    cluster: FakeCluster
+
+    @property
+    def store(self) -> Any:
+        return self.emu.store
+
+    def apply_model(self, name: str, spec: Obj, ns: str = NS) -> Obj:
+        body = {"apiVersion": "serving.zeroserve.io/v1alpha1", "kind": "ModelService",
+                "metadata": {"name": name}, "spec": spec}
+        old = self.store.get(MS, ns, name)
+        if old is None:
+            return dict(self.store.create(MS, ns, body))
+        return dict(self.store.replace(MS, ns, name, {**old, "spec": spec}, check_rv=False))
+
+    def get(self, resource: str, name: str, ns: str = NS) -> Obj | None:
+        obj = self.store.get(resource, ns, name)
+        return None if obj is None else dict(obj)
+
+    def pods(self, ns: str = NS) -> list[Obj]:
+        return list(self.store.list("v1/pods", ns))
+
+
+def load_crd() -> Obj:
+    docs = list(yaml.safe_load_all((ROOT / "manifests" / "crd.yaml").read_text()))
+    return dict(docs[0])
+
+
+async def eventually(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:
+    """Poll a condition of the outside world (processes, watches) until it holds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or check}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def k8s() -> AsyncIterator[Harness]:
+    emu = ApiEmulator()
+    emu.register_crd(load_crd())
+    await emu.start()
+    cluster = FakeCluster(emu.store, standin_launcher(), gpus=0)
+    await cluster.start()
+    try:
+        yield Harness(emu, cluster)
+    finally:
+        await cluster.close()
+        await emu.close()
