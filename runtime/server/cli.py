@@ -32,6 +32,7 @@ def process_start_unix() -> float:
 
 
 _MODULE_LOADED_UNIX = time.time()
+HF_MODEL = "runtime.server.hf:HFModel"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -47,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve one model over KServe v1, "
         "Open Inference v2 and (for text generators) the OpenAI API.",
     )
-    p.add_argument("--model", default="iris", help="iris | tiny-llm | module.path:ClassName (default iris)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="iris | tiny-llm | module.path:ClassName (default iris; with --runtime hf, the hf model)",
+    )
     p.add_argument(
         "--model-name",
         default=os.environ.get("ZEROSERVE_MODEL_NAME"),
@@ -85,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    if args.runtime == "hf" or args.pool:
-        print("zeroserve serve: the hf runtime and --pool are not part of this build", file=sys.stderr)
+    if args.pool and args.runtime != "hf":
+        print("zeroserve serve: --pool needs --runtime hf", file=sys.stderr)
         return 2
     for flag, value in (
         ("--load-time-s", args.load_time_s),
@@ -100,6 +105,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zeroserve serve: --model-dir {args.model_dir} is not a directory", file=sys.stderr)
         return 2
 
+    if args.pool:
+        # A warm pool process holds no model yet: runtime/pool.py owns that lifecycle.
+        from runtime.pool import PoolOptions, run_pool
+
+        return run_pool(
+            PoolOptions(
+                host=args.host,
+                port=args.port,
+                drain_grace_s=args.drain_grace_s,
+                max_body_bytes=args.max_body_bytes,
+            ),
+            started,
+        )
+    kind = args.model or (HF_MODEL if args.runtime == "hf" else "iris")
+
     # The heavy imports (aiohttp, numpy, prometheus_client, the model's module) happen here, timed.
     from runtime.server.app import ServeOptions, serve
     from runtime.server.host import ModelHost, StartupTimes
@@ -107,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.server.registry import ModelSpecError, default_name, resolve_class
 
     try:
-        cls = resolve_class(args.model)
+        cls = resolve_class(kind)
     except ModelSpecError as e:
         print(f"zeroserve serve: {e}", file=sys.stderr)
         return 2
-    name = args.model_name or default_name(args.model)
+    name = args.model_name or (
+        args.model_dir.name if kind == HF_MODEL and args.model_dir else default_name(kind)
+    )
     model = cls(
         ModelConfig(
             name=name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,8 @@ import numpy as np
 import numpy.typing as npt
 
 from runtime.server.model import Arrays, Model, TensorSpec
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "iris.npz"
 # In a source checkout the trained weights live in examples/iris; `--model-dir` overrides this.
@@ -22,6 +25,13 @@ class IrisModel(Model):
 
     def load(self) -> None:
         path = (self.model_dir or DEFAULT_DIR) / WEIGHTS_FILE
+        if not path.exists():
+            # A replica given an empty artifact dir (a ModelService with no storageUri) still serves
+            # the example: its weights ship with the source.
+            log.info(
+                "no %s in %s; using the shipped weights in %s", WEIGHTS_FILE, self.model_dir, DEFAULT_DIR
+            )
+            path = DEFAULT_DIR / WEIGHTS_FILE
         with np.load(path) as npz:
             self._mean: npt.NDArray[np.float32] = npz["mean"]
             self._scale: npt.NDArray[np.float32] = npz["scale"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,3 +97,11 @@ async def test_app_metrics_include_gpu_gauges_from_the_fake() -> None:
         text = await (await client.get("/metrics")).text()
     assert 'zeroserve_gpu_memory_used_bytes{gpu="0"} 5.36870912e+09' in text  # 5 GiB
     assert 'zeroserve_gpu_utilization_ratio{gpu="1"} 0.0' in text
+
+
+def test_iris_falls_back_to_the_shipped_weights_for_an_empty_model_dir(tmp_path: Path) -> None:
+    model = IrisModel(ModelConfig(name="iris", model_dir=tmp_path))
+    model.load()
+    out = model.predict({"input-0": np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)})
+    assert out["output-0"].tolist() == [0, 2]
+    assert model.classes == ["setosa", "versicolor", "virginica"]
