@@ -12,6 +12,9 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+import numpy.typing as npt
+
 from autoscaler import histogram, policy
 from autoscaler.aggregation import Aggregator, StatSample
 from autoscaler.histogram import HistogramConfig, HistogramState
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
     from sim.engine import Engine
 
 ACTIVATOR_ID = "sim"
+PERIOD_FLOOR_S = 1e-6  # activator/stats.py's floor on a report's period
 
 
 def policy_config(scaling: ScalingSpec) -> PolicyConfig:
@@ -98,7 +102,10 @@ class PolicyController:
         cursor = self.cursor[i]
         # Seconds older than the ring are at rest (zero load) and older than any window we keep.
         first = upto - engine.ring_s + 2
-        if cursor is None or cursor.at_s < first - 1:
+        if cursor is None:
+            cursor = _Cursor(float(upto), float(engine.ring_integral[upto % engine.ring_s, i]),
+                             float(engine.ring_requests[upto % engine.ring_s, i]))
+        elif cursor.at_s < first - 1:
             row = (first - 1) % engine.ring_s
             cursor = _Cursor(float(first - 1), float(engine.ring_integral[row, i]),
                              float(engine.ring_requests[row, i]))
@@ -118,15 +125,22 @@ class PolicyController:
 
     def _report_partial(self, engine: Engine, i: int, now: float) -> None:
         """On a poke the reporter sends the load since its last report at once (activator/stats.py)."""
-        self._report_seconds(engine, i)
-        cursor = self.cursor[i]
-        assert cursor is not None
         integral, requests = engine.cumulative(i, now)
+        cursor = self.cursor[i]
+        if cursor is None:
+            # The reporter learns of a model at its first request, so its first period starts at
+            # that arrival and is (nearly) empty: it reports the in-flight count as the average.
+            cursor = _Cursor(now, integral, requests - 1.0)
+        else:
+            self._report_seconds(engine, i)
+            cursor = self.cursor[i]
+            assert cursor is not None
         period = now - cursor.at_s
-        if period <= 0:
-            return
-        self.aggregator.ingest([StatSample(self.services[i].name, ACTIVATOR_ID, now,
-                                           (integral - cursor.integral) / period,
+        if period > 0:
+            average = (integral - cursor.integral) / period
+        else:
+            average, period = float(engine.models[i].inflight), PERIOD_FLOOR_S
+        self.aggregator.ingest([StatSample(self.services[i].name, ACTIVATOR_ID, now, average,
                                            requests - cursor.requests, period)])
         self.cursor[i] = _Cursor(now, integral, requests)
 
@@ -149,11 +163,11 @@ class PolicyController:
         self.last_desired[i] = desired
         return desired
 
-    def tick(self, engine: Engine, models: list[int], now: float) -> list[int]:
-        out = []
-        for i in models:
+    def tick(self, engine: Engine, models: npt.NDArray[np.int64], now: float) -> npt.NDArray[np.int64]:
+        out = np.zeros(models.size, dtype=np.int64)
+        for k, i in enumerate(models.tolist()):
             self._report_seconds(engine, i)
-            out.append(self._decide(engine, i, now, poked=False))
+            out[k] = self._decide(engine, i, now, poked=False)
         return out
 
     def poke(self, engine: Engine, model: int, now: float) -> int:

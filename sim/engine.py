@@ -18,7 +18,7 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -48,8 +48,8 @@ class ModelSetup:
 class Controller(Protocol):
     """The autoscaler seen from the engine (implementations in sim/control.py)."""
 
-    def tick(self, engine: Engine, models: list[int], now: float) -> list[int]:
-        """Desired replicas for each of `models` (the active ones) at a periodic tick."""
+    def tick(self, engine: Engine, models: npt.NDArray[np.int64], now: float) -> npt.NDArray[np.int64]:
+        """Desired replicas for each of `models` (the active ones, ascending) at a periodic tick."""
         ...
 
     def poke(self, engine: Engine, model: int, now: float) -> int:
@@ -161,11 +161,17 @@ class Engine:
         self._inflight = np.zeros(count)
         self._last = np.zeros(count)
         self._requests = np.zeros(count)
+        # Per-model counts a batch controller reads for all active models at once.
+        self.ready_count = np.zeros(count, dtype=np.int64)
+        self.replica_count = np.zeros(count, dtype=np.int64)  # starting + ready (what was asked for)
+        self.queued_count = np.zeros(count, dtype=np.int64)
+        self.active_mask = np.zeros(count, dtype=np.bool_)
         self.second = -1  # the last whole second in the ring
         self.now = 0.0
-        self._heap: list[tuple[float, int, int, object]] = []
+        self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = 0
-        self._active: set[int] = set()
+        self._n_active = 0
+        self._dirty: set[ModelRun] = set()
         self._second_scheduled = False
         self._tick_scheduled = False
         self._replicas = 0
@@ -177,14 +183,15 @@ class Engine:
 
     # --- the clock ---------------------------------------------------------------------------
 
-    def _push(self, t: float, kind: int, obj: object) -> None:
+    def _push(self, t: float, kind: int, obj: Any) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (t, kind, self._seq, obj))
 
     def _activate(self, m: ModelRun) -> None:
         if not m.active:
             m.active = True
-            self._active.add(m.index)
+            self.active_mask[m.index] = True
+            self._n_active += 1
         if not self._second_scheduled:
             self._second_scheduled = True
             # Back-fill the ring over the quiet stretch, so window sums across it read as no load.
@@ -197,6 +204,15 @@ class Engine:
 
     def _snapshot(self, upto_s: int) -> None:
         """Ring rows for seconds (self.second, upto_s] with the cumulative totals at upto_s."""
+        # Copy the per-model totals that changed since the last snapshot into the mirror arrays here
+        # rather than at every event: a busy model changes many times a second.
+        for m in self._dirty:
+            i = m.index
+            self._integral[i] = m.integral
+            self._inflight[i] = m.inflight
+            self._last[i] = m.last_s
+            self._requests[i] = m.requests
+        self._dirty.clear()
         first = max(self.second + 1, upto_s - self.ring_s + 1)
         if first <= upto_s:
             integral = self._integral + self._inflight * (upto_s - self._last)
@@ -212,11 +228,7 @@ class Engine:
         m.last_s = t
         m.inflight += d_inflight
         m.requests += d_requests
-        i = m.index
-        self._integral[i] = m.integral
-        self._inflight[i] = m.inflight
-        self._last[i] = t
-        self._requests[i] = m.requests
+        self._dirty.add(m)
 
     def cumulative(self, model: int, t: float) -> tuple[float, float]:
         """Load integral and request count of one model up to time t (t >= its last change)."""
@@ -243,18 +255,18 @@ class Engine:
                 self.now = t
                 self.events += 1
                 if kind == _DONE:
-                    replica, req = obj  # type: ignore[misc]
+                    replica, req = obj
                     self._complete(replica, req, t)
                 elif kind == _SECOND:
                     self._on_second(t)
                 elif kind == _TICK:
                     self._on_tick(t)
                 elif kind == _READY:
-                    self._on_ready(obj, t)  # type: ignore[arg-type]
+                    self._on_ready(obj, t)
                 elif kind == _TIMEOUT:
-                    self._on_timeout(obj, t)  # type: ignore[arg-type]
+                    self._on_timeout(obj, t)
                 else:
-                    self._activate(models[obj])  # type: ignore[index]
+                    self._activate(models[obj])
             elif next_arrival <= end:
                 self.now = next_arrival
                 self.events += 1
@@ -268,29 +280,35 @@ class Engine:
 
     def _on_second(self, t: float) -> None:
         self._snapshot(round(t))
-        if self._active:
+        if self._n_active:
             self._push(t + 1.0, _SECOND, None)
         else:
             self._second_scheduled = False
 
     def _on_tick(self, t: float) -> None:
-        active = sorted(self._active)
-        if not active:
+        active = np.flatnonzero(self.active_mask)
+        if not active.size:
             self._tick_scheduled = False
             return
-        self.ticks += len(active)
+        self.ticks += int(active.size)
         desired = self.controller.tick(self, active, t)
-        for i, want in zip(active, desired, strict=True):
+        changed = np.flatnonzero(desired != self.replica_count[active])
+        for i, want in zip(active[changed].tolist(), desired[changed].tolist(), strict=True):
+            self._scale(self.models[i], want, t)
+        # Candidates to rest: nothing asked for, nothing in flight (the draining check is per model).
+        idle = (desired == 0) & (self.replica_count[active] == 0) & (self._inflight[active] == 0)
+        for i in active[idle].tolist():
             m = self.models[i]
-            self._scale(m, want, t)
-            if m.replicas == 0 and m.inflight == 0 and not m.draining:
-                wake = self.controller.wake_at(i, t)
-                if wake is not None:
-                    m.active = False
-                    self._active.discard(i)
-                    if wake < math.inf:
-                        self._push(max(wake, t), _WAKE, i)
-        if self._active:
+            if m.draining or m.inflight:  # the mirror can lag the model by events at this instant
+                continue
+            wake = self.controller.wake_at(i, t)
+            if wake is not None:
+                m.active = False
+                self.active_mask[i] = False
+                self._n_active -= 1
+                if wake < math.inf:
+                    self._push(max(wake, t), _WAKE, i)
+        if self._n_active:
             self._push(t + self.tick_s, _TICK, None)
         else:
             self._tick_scheduled = False
@@ -310,6 +328,7 @@ class Engine:
         self.state[req] = QUEUED
         m.queue.append(req)
         m.queued += 1
+        self.queued_count[m.index] = m.queued
         self._push(t + m.timeout_s, _TIMEOUT, req)
         if not m.starting:
             # A cold arrival (or one at capacity with nothing coming): the activator pokes.
@@ -350,6 +369,7 @@ class Engine:
             req = queue.popleft()
             if self.state[req] == QUEUED:
                 m.queued -= 1
+                self.queued_count[m.index] = m.queued
                 self._start(req, replica, t)
 
     def _on_timeout(self, req: int, t: float) -> None:
@@ -358,6 +378,7 @@ class Engine:
         self.state[req] = TIMED_OUT
         m = self.models[int(self.workload.model_index[req])]
         m.queued -= 1
+        self.queued_count[m.index] = m.queued
         self._load(m, t, -1, 0)
 
     # --- replicas ----------------------------------------------------------------------------
@@ -373,15 +394,18 @@ class Engine:
                 m.starting.append(replica)
                 m.cold_starts += 1
                 self._push(t + seconds, _READY, replica)
+            self.replica_count[m.index] = desired
             self._count(desired - have, t)
         elif desired < have:
             for _ in range(have - desired):
                 # Like a ReplicaSet: pods not ready yet go first, then the least busy ready ones.
+                self.replica_count[m.index] -= 1
                 if m.starting:
                     self._retire(m, m.starting.pop(), t)
                     continue
                 victim = min(m.ready, key=lambda r: r.inflight)
                 m.ready.remove(victim)
+                self.ready_count[m.index] -= 1
                 if victim.inflight:
                     # It stops taking requests and finishes those it has (graceful termination).
                     victim.draining = True
@@ -406,6 +430,7 @@ class Engine:
         m.starting.remove(replica)
         replica.ready = True
         m.ready.append(replica)
+        self.ready_count[m.index] += 1
         self._drain_queue(m, replica, t)
 
     # --- the end -----------------------------------------------------------------------------

@@ -58,8 +58,9 @@ def from_trace(trace: Trace, model: str = "model") -> Workload:
 def zipf_weights(n_models: int, exponent: float) -> F64:
     """Popularity of rank 1..n under Zipf's law, summing to 1."""
     ranks = np.arange(1, n_models + 1, dtype=np.float64)
-    weights = ranks**-exponent
-    return weights / weights.sum()
+    weights: F64 = np.power(ranks, -exponent)
+    total = float(weights.sum())
+    return weights / total
 
 
 def model_names(n_models: int) -> tuple[str, ...]:

@@ -1,0 +1,152 @@
+"""KPA for many models at once: `autoscaler.batch.decide_batch` over the active rows at each tick.
+
+The windows are the engine's per-second load ring turned into Knative buckets for every model in one
+vector step, with the same reading as `autoscaler.aggregation.BucketWindow` under the reporter's
+pattern (a sample every second, a partial one on a poke that shares its second's bucket): the average
+is the window's bucket total over min(buckets since the model's first sample, window). A poke decides
+one row with the scalar `policy.decide` on that row's state, so both paths share one state table.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from autoscaler import policy
+from autoscaler.aggregation import PRECISION_DIGITS, window_buckets
+from autoscaler.batch import INACTIVE, BatchConfig, BatchState, decide_batch
+from autoscaler.policy import Observation
+from sim.control import PERIOD_FLOOR_S, policy_config
+from zeroserve.spec import ModelService
+
+if TYPE_CHECKING:
+    from sim.engine import Engine
+
+_NEVER = np.iinfo(np.int64).max
+_CONFIG_FIELDS = tuple(BatchConfig.__dataclass_fields__)
+_STATE_FIELDS = ("activity", "activity_since", "initialized", "panic_since", "max_panic_pods", "delay_ring",
+                 "delay_last_index", "desired")
+_SCALE = 10.0**PRECISION_DIGITS
+
+
+def _round(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    # The same float operations as aggregation.round_average.
+    return np.floor(values * _SCALE + 0.5) / _SCALE
+
+
+class BatchController:
+    def __init__(self, services: list[ModelService]) -> None:
+        self.configs = [policy_config(s.scaling) for s in services]
+        first = self.configs[0]
+        if any((c.stable_window_s, c.panic_window_s, c.metric) !=
+               (first.stable_window_s, first.panic_window_s, first.metric) for c in self.configs):
+            raise ValueError("the batch controller needs one stable/panic window and metric for all models")
+        self.rps = first.metric == "rps"
+        self.config = BatchConfig.from_configs(self.configs)
+        self.state = BatchState.from_states([policy.PolicyState()] * len(services), self.config)
+        n = len(services)
+        self.size = window_buckets(first.stable_window_s)
+        self.panic_size = window_buckets(first.panic_window_s)
+        self.buckets = np.zeros((self.size, n))  # row s % size: bucket values of second s
+        self.filled_s = -1  # buckets written up to this second
+        self.stable_total = np.zeros(n)
+        self.panic_total = np.zeros(n)
+        self.first_s = np.full(n, _NEVER, dtype=np.int64)
+        self.pending: dict[int, tuple[float, float, float]] = {}  # model -> poke (t, integral, requests)
+        self.last_desired = np.zeros(n, dtype=np.int64)
+
+    def _fill(self, engine: Engine, upto: int) -> None:
+        """Bucket values for seconds (filled_s, upto] of every model, from the engine's ring; the
+        window totals are kept running so a tick reads them without summing the buckets."""
+        start = max(self.filled_s + 1, upto - self.size + 1)
+        ring_load = engine.ring_requests if self.rps else engine.ring_integral
+        ring = engine.ring_s
+        for s in range(start, upto + 1):
+            values = ring_load[s % ring] - ring_load[(s - 1) % ring]
+            for i, (at, integral, requests) in list(self.pending.items()):
+                if at < s:
+                    # The first sample after a poke covers only the rest of that second.
+                    values[i] = (ring_load[s % ring, i] - (requests if self.rps else integral)) / (s - at)
+                    del self.pending[i]
+            self._write(s, values)
+        self.filled_s = max(self.filled_s, upto)
+
+    def _write(self, s: int, values: npt.NDArray[np.float64]) -> None:
+        row = s % self.size
+        self.stable_total += values - self.buckets[row]
+        # The panic window is the newest panic_size buckets: the one leaving it is panic_size back.
+        self.panic_total += values - self.buckets[(s - self.panic_size) % self.size]
+        self.buckets[row] = values
+
+    def _set_bucket(self, s: int, model: int, value: float) -> None:
+        old = self.buckets[s % self.size, model]
+        self.buckets[s % self.size, model] = value
+        self.stable_total[model] += value - old
+        self.panic_total[model] += value - old
+
+    def _windows(self, rows: npt.NDArray[np.int64], now_s: int
+                 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        since = np.maximum(now_s - self.first_s[rows] + 1, 1)
+        stable = self.stable_total[rows] / np.minimum(since, self.size)
+        panic = self.panic_total[rows] / np.minimum(since, self.panic_size)
+        return _round(stable), _round(panic)
+
+    def tick(self, engine: Engine, models: npt.NDArray[np.int64], now: float) -> npt.NDArray[np.int64]:
+        now_s = engine.second
+        self._fill(engine, now_s)
+        rows = models
+        stable, panic = self._windows(rows, now_s)
+        ready = engine.ready_count[rows]
+        poked = (engine.queued_count[rows] > 0) & (ready == 0)
+        config = BatchConfig(**{k: getattr(self.config, k)[rows] for k in _CONFIG_FIELDS})
+        state = BatchState(0, 1)
+        for name in _STATE_FIELDS:
+            setattr(state, name, getattr(self.state, name)[rows])
+        result = decide_batch(config, state, stable, panic, ready, poked, now)
+        for name in _STATE_FIELDS:
+            getattr(self.state, name)[rows] = getattr(state, name)
+        desired = np.where(result.valid, result.desired, engine.replica_count[rows])
+        self.last_desired[rows] = desired
+        return desired
+
+    def poke(self, engine: Engine, model: int, now: float) -> int:
+        now_s = engine.second
+        self._fill(engine, now_s)
+        integral, requests = engine.cumulative(model, now)
+        row = now_s % self.size
+        inflight = float(engine.models[model].inflight)
+        if self.first_s[model] == _NEVER:
+            # As PolicyController: the first report is the arrival itself (an empty period).
+            self._set_bucket(now_s, model, 1.0 / PERIOD_FLOOR_S if self.rps else inflight)
+        else:
+            ring = now_s % engine.ring_s
+            period = now - now_s
+            if self.rps:
+                value = (requests - engine.ring_requests[ring, model]) / max(period, PERIOD_FLOOR_S)
+            elif period > 0:
+                value = (integral - engine.ring_integral[ring, model]) / period
+            else:
+                value = inflight
+            # The reporter already sent this second: the aggregator averages the two samples.
+            self._set_bucket(now_s, model, (self.buckets[row, model] + value) / 2)
+        self.pending[model] = (now, integral, requests)
+        if self.first_s[model] == _NEVER:
+            self.first_s[model] = now_s
+        rows = np.array([model])
+        stable, panic = self._windows(rows, now_s)
+        m = engine.models[model]
+        config = self.configs[model]
+        state = self.state.get(model, config.delay_buckets)
+        result, state = policy.decide(config, state, Observation(float(stable[0]), float(panic[0]),
+                                                                 len(m.ready), poked=True), now)
+        self.state.set(model, state)
+        desired = result.desired if result.valid else m.replicas
+        self.last_desired[model] = desired
+        return desired
+
+    def wake_at(self, model: int, now: float) -> float | None:
+        at_rest = self.last_desired[model] == 0 and self.state.activity[model] == INACTIVE
+        return math.inf if at_rest else None

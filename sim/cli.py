@@ -1,0 +1,175 @@
+"""`zeroserve sim run|sweep`: replay a trace against a spec offline and report what it would cost.
+
+    zeroserve sim run --trace code -f examples/model.yaml --load-s 14 --png run.png
+    zeroserve sim sweep --trace code -f spec.yaml --param scaleToZeroGracePeriod=0s,30s,300s \\
+        --param policy=kpa,histogram --csv sweep.csv --png pareto.png
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad input (spec, trace, flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from sim import workloads
+from sim.report import plot_pareto, plot_run, table
+from sim.scenario import ReplicaCosts, costs_from_spec, simulate
+from sim.sweep import SweepError, label, parse_param, run_sweep, write_csv
+from sim.traces import TraceError, load_trace
+from sim.workloads import Workload
+from zeroserve.spec import ModelService, SpecError, load_specs
+
+log = logging.getLogger(__name__)
+
+GB = 1e9
+
+
+def _window(text: str) -> tuple[float, float]:
+    start, _, end = text.partition(":")
+    return float(start or 0.0), float(end) if end else float("inf")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--filename", required=True, type=Path, help="ModelService YAML")
+    w = p.add_argument_group("workload")
+    w.add_argument("--trace", default="code",
+                   help="trace CSV path or shipped name (code, conv); ignored for synthetic workloads")
+    w.add_argument("--workload", choices=("trace", "poisson", "bursty", "diurnal", "many"), default="trace")
+    w.add_argument("--window", type=_window, help="START:END seconds of the trace to replay")
+    w.add_argument("--time-scale", type=float, default=1.0, help="stretch (>1) or compress (<1) time")
+    w.add_argument("--models", type=int, default=1, help="split the trace over N models (Zipf)")
+    w.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent of model popularity")
+    w.add_argument("--rate", type=float, default=1.0, help="synthetic: mean requests/s (all models)")
+    w.add_argument("--duration-s", type=float, default=3600.0, help="synthetic: span")
+    w.add_argument("--on-s", type=float, default=60.0, help="bursty/many: mean burst length")
+    w.add_argument("--off-s", type=float, default=300.0, help="bursty/many: mean gap length")
+    w.add_argument("--seed", type=int, default=0)
+    c = p.add_argument_group("replica costs")
+    c.add_argument("--load-s", type=float, help="model load to ready (default: the spec's runtime.loadTime)")
+    c.add_argument("--schedule-s", type=float, default=0.0, help="scheduling + container start")
+    c.add_argument("--artifact-gb", type=float, default=0.0, help="artifact size fetched on a cache miss")
+    c.add_argument("--fetch-gb-per-s", type=float, default=1.0, help="fetch bandwidth on a cache miss")
+    c.add_argument("--cache-hit", type=float, default=1.0, help="node-cache hit ratio, 0..1")
+    c.add_argument("--jitter", type=float, default=0.0, help="+/- fraction spread of each cold start")
+    c.add_argument("--service-s", type=float, default=0.0, help="fixed part of each request's service time")
+    c.add_argument("--prefill-tps", type=float, default=0.0, help="prefill tokens/s (0: not modelled)")
+    c.add_argument("--decode-tps", type=float,
+                   help="decode tokens/s (default: 1 / the spec's runtime.tokenLatency)")
+    p.add_argument("--batch", action="store_true", help="numpy batch controller (KPA, many models)")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def build_workload(args: argparse.Namespace) -> Workload:
+    kind = args.workload
+    if kind == "trace":
+        trace = load_trace(args.trace)
+        if args.window is not None:
+            trace = trace.window(*args.window)
+        if args.time_scale != 1.0:
+            trace = trace.time_scaled(args.time_scale)
+        if args.models > 1:
+            return workloads.split_trace(trace, args.models, args.zipf, seed=args.seed)
+        return workloads.from_trace(trace)
+    tokens = load_trace("conv")  # synthetic arrivals still get real token counts
+    if kind == "many" or args.models > 1:
+        return workloads.many_models(max(1, args.models), args.rate, args.duration_s, args.zipf,
+                                     on_s=args.on_s, off_s=args.off_s, seed=args.seed, tokens_from=tokens)
+    if kind == "poisson":
+        return workloads.poisson(args.rate, args.duration_s, seed=args.seed, tokens_from=tokens)
+    if kind == "bursty":
+        return workloads.bursty(args.rate, args.duration_s, args.on_s, args.off_s, seed=args.seed,
+                                tokens_from=tokens)
+    return workloads.diurnal(args.rate, args.duration_s, seed=args.seed, tokens_from=tokens)
+
+
+def costs(args: argparse.Namespace, services: list[ModelService],
+          overrides: dict[str, float] | None = None) -> ReplicaCosts:
+    values: dict[str, Any] = {
+        "load_s": args.load_s, "schedule_s": args.schedule_s, "artifact_bytes": args.artifact_gb * GB,
+        "fetch_bytes_per_s": args.fetch_gb_per_s * GB, "cache_hit_ratio": args.cache_hit,
+        "jitter_fraction": args.jitter, "service_s": args.service_s,
+        "prefill_tokens_per_s": args.prefill_tps, "decode_tokens_per_s": args.decode_tps,
+    }
+    for key, value in (overrides or {}).items():
+        if key not in values:
+            raise SweepError(f"--param sim.{key}: unknown, one of {sorted(values)}")
+        values[key] = value
+    return costs_from_spec(services[0], **values)
+
+
+def _run(args: argparse.Namespace) -> int:
+    services = load_specs(args.filename)
+    workload = build_workload(args)
+    outcome = simulate(services, workload, costs(args, services), seed=args.seed, batch=args.batch)
+    report: dict[str, Any] = outcome.summary.as_dict()
+    report["wall_s"] = round(outcome.wall_s, 3)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(table(outcome.summary))
+        print(json.dumps(report))
+    if args.png is not None:
+        title = f"{args.filename.name} on {args.trace if args.workload == 'trace' else args.workload}"
+        plot_run(outcome.result, args.png, title)
+        print(f"wrote {args.png}", file=sys.stderr)
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    params = [parse_param(p) for p in args.param]
+    workload = build_workload(args)
+    text = args.filename.read_text()
+    rows = run_sweep(text, workload, params, lambda services, extra: costs(args, services, extra),
+                     seed=args.seed, batch=args.batch)
+    write_csv(rows, args.csv)
+    print(f"wrote {args.csv} ({len(rows)} runs)", file=sys.stderr)
+    names = [p.name for p in params]
+    for row in rows:
+        print(json.dumps(row))
+    if args.png is not None:
+        plot_pareto(rows, [label({n: row[n] for n in names}) for row in rows], args.png,
+                    f"{args.filename.name}: GPU-seconds vs cold starts and p99")
+        print(f"wrote {args.png}", file=sys.stderr)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="zeroserve sim", description=__doc__.split("\n")[0])
+    sub = top.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="simulate one spec on one workload")
+    _add_common(run)
+    run.add_argument("--png", type=Path, help="plot of load and replicas over time")
+    run.add_argument("--json", action="store_true", help="print only the JSON summary")
+    sweep = sub.add_parser("sweep", help="simulate every combination of --param values")
+    _add_common(sweep)
+    sweep.add_argument("--param", action="append", required=True,
+                       help="NAME=V1,V2,... (spec.scaling key, dotted section.key, or sim.<cost>)")
+    sweep.add_argument("--csv", type=Path, default=Path("sweep.csv"))
+    sweep.add_argument("--png", type=Path, help="Pareto plot")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(_run(args) if args.command == "run" else _sweep(args))
+    except (SpecError, TraceError, SweepError) as exc:
+        print(f"zeroserve sim: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"zeroserve sim: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

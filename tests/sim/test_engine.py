@@ -1,0 +1,133 @@
+"""The engine on workloads small enough to compute by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sim.control import PolicyController
+from sim.engine import QUEUED, REJECTED, SERVED, TIMED_OUT, Engine, ModelSetup, RunResult
+from sim.models import ColdStartModel, ServiceTimeModel
+from sim.report import summarize
+from sim.workloads import Workload
+from zeroserve.spec import ModelService, QueueSpec, ScalingSpec
+
+
+def workload(times: list[float], owners: list[int] | None = None, models: int = 1,
+             generated: list[int] | None = None) -> Workload:
+    n = len(times)
+    return Workload(
+        tuple(f"m{i}" for i in range(models)),
+        np.asarray(times, dtype=np.float64),
+        np.asarray(owners or [0] * n, dtype=np.int64),
+        np.zeros(n, dtype=np.int64),
+        np.asarray(generated or [0] * n, dtype=np.int64),
+    )
+
+
+def run(times: list[float], *, load_s: float = 5.0, service_s: float = 1.0, owners: list[int] | None = None,
+        models: int = 1, scaling: ScalingSpec | None = None, queue: QueueSpec | None = None,
+        service: ServiceTimeModel | None = None, generated: list[int] | None = None) -> RunResult:
+    wl = workload(times, owners, models, generated)
+    services = [ModelService(name, scaling=scaling or ScalingSpec(), queue=queue or QueueSpec())
+                for name in wl.models]
+    setups = [ModelSetup(s, ColdStartModel(load_s=load_s), service or ServiceTimeModel(fixed_s=service_s))
+              for s in services]
+    return Engine(wl, setups, PolicyController(services)).run()
+
+
+def test_one_request_to_a_cold_model_pays_one_cold_start() -> None:
+    result = run([0.0], load_s=5.0, service_s=1.0)
+    assert result.cold_starts.tolist() == [1]
+    assert result.from_zero.tolist() == [1]
+    assert result.state.tolist() == [SERVED]
+    assert bool(result.cold[0])
+    latency = result.start_s[0] - result.arrival_s[0] + result.service_s[0]
+    assert latency == pytest.approx(6.0)
+
+
+def test_replica_is_removed_after_stable_window_plus_grace() -> None:
+    # Load in seconds 0..5 (queued then served until t=6); the stable window (60 s) holds it until
+    # about t=66, then the 30 s grace: the replica goes at the first tick after ~96 s.
+    scaling = ScalingSpec(stable_window_s=60.0, scale_to_zero_grace_s=30.0)
+    result = run([0.0], load_s=5.0, service_s=1.0, scaling=scaling)
+    assert result.timeline_replicas[-1] == 0
+    removed_at = float(result.timeline_s[-1])
+    assert 6.0 + 60.0 + 30.0 <= removed_at <= 6.0 + 60.0 + 30.0 + 2 * scaling.tick_s
+    assert result.replica_s[0] == pytest.approx(removed_at)
+
+
+def test_shorter_window_and_grace_scale_to_zero_sooner() -> None:
+    scaling = ScalingSpec(stable_window_s=10.0, scale_to_zero_grace_s=0.0)
+    result = run([0.0], load_s=5.0, service_s=1.0, scaling=scaling)
+    assert 16.0 <= float(result.timeline_s[-1]) <= 16.0 + 2 * scaling.tick_s
+
+
+def test_warm_requests_do_not_wait() -> None:
+    result = run([0.0, 10.0, 20.0], load_s=5.0, service_s=1.0)
+    assert result.cold.tolist() == [True, False, False]
+    assert result.start_s[1:].tolist() == [10.0, 20.0]
+    assert result.cold_starts.tolist() == [1]
+
+
+def test_queue_timeouts_are_lost_requests() -> None:
+    # The replica needs 20 s; requests wait at most 5 s: the first three are lost, the late one served.
+    result = run([0.0, 1.0, 2.0, 30.0], load_s=20.0, service_s=1.0, queue=QueueSpec(timeout_s=5.0))
+    assert result.state.tolist() == [TIMED_OUT, TIMED_OUT, TIMED_OUT, SERVED]
+    summary = summarize(result)
+    assert summary.lost_timeout == 3
+    assert summary.served == 1
+    assert result.cold_starts.tolist() == [1]
+
+
+def test_full_queue_rejects() -> None:
+    result = run([0.0, 0.1, 0.2], load_s=5.0, queue=QueueSpec(max_queued=2))
+    assert result.state.tolist() == [SERVED, SERVED, REJECTED]
+    assert summarize(result).lost_rejected == 1
+
+
+def test_container_concurrency_queues_behind_a_busy_replica() -> None:
+    # One slot per replica, max one replica: the second request waits for the first to finish.
+    scaling = ScalingSpec(container_concurrency=1, target=1.0, max_replicas=1)
+    result = run([0.0, 0.5], load_s=2.0, service_s=3.0, scaling=scaling)
+    assert result.start_s.tolist() == [2.0, 5.0]
+    assert result.cold.tolist() == [True, True]
+
+
+def test_token_service_time() -> None:
+    service = ServiceTimeModel(fixed_s=0.5, decode_tokens_per_s=100.0)
+    result = run([0.0], load_s=1.0, service=service, generated=[200])
+    assert result.service_s[0] == pytest.approx(2.5)
+
+
+def test_a_burst_from_zero_scales_past_one_replica() -> None:
+    # 40 requests at once against a target of 10 x 70 %: the panic window asks for several replicas.
+    scaling = ScalingSpec(target=10.0)
+    result = run([0.01 * i for i in range(40)], load_s=5.0, service_s=10.0, scaling=scaling)
+    assert result.cold_starts[0] > 1
+    assert (result.state == SERVED).all()
+
+
+def test_idle_models_are_not_ticked() -> None:
+    # Model 0 is busy at t=0 and t=20000, model 1 only at t=10000. Between bursts nothing is active,
+    # so ticks cover only ~100 s after each burst, not the 20,000 s span.
+    result = run([0.0, 10000.0, 20000.0], owners=[0, 1, 0], models=2)
+    assert result.cold_starts.tolist() == [2, 1]
+    assert result.ticks < 3 * 80
+    assert result.events < 3 * 200
+
+
+def test_no_traffic_no_events() -> None:
+    result = run([5.0], owners=[1], models=3)
+    per_burst_ticks = result.ticks
+    assert result.cold_starts.tolist() == [0, 1, 0]
+    assert per_burst_ticks < 80
+
+
+def test_same_seed_same_result() -> None:
+    times = sorted(np.random.default_rng(1).uniform(0, 600, 200).tolist())
+    first = summarize(run(times, load_s=3.0))
+    second = summarize(run(times, load_s=3.0))
+    assert first == second
+    assert first.served == 200
+    assert QUEUED not in run(times).state.tolist()
