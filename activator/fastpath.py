@@ -1,0 +1,319 @@
+"""The activator's fast data path: HTTP/1.1 as raw asyncio protocols (httptools), same brain.
+
+Routing, the per-model gates (queue, breakers), load tracking, metrics and the error mapping are
+the `Activator`'s; only the bytes move differently. A request head is re-emitted with hop-by-hop
+headers dropped and X-Forwarded-For/-Host added; the body streams to a pooled keep-alive replica
+connection; the response bytes stream back exactly as the replica wrote them (chunked, SSE and
+all), with two headers spliced into the head on a cold start. The warm path creates no task and
+arms no timer: a slot is taken with `try_acquire()`, a pooled connection is popped, and the
+response is written from the upstream protocol's `data_received`.
+
+Requests on one client connection are served strictly in order (pipelining). A request whose
+whole body we still hold (up to 1 MiB) is retried once on another replica if its replica refused
+or reset the connection before answering, which is what a replica being scaled down does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import sys
+from typing import cast
+from urllib.parse import unquote
+
+import httptools
+from prometheus_client import Counter, Histogram
+
+from activator.app import Activator
+from activator.exchange import RESPONDING, WAIT_BODY, Exchange
+from activator.http1 import HOP_BY_HOP, UpstreamPool, render
+from activator.routing import Route
+
+log = logging.getLogger(__name__)
+
+PAUSE_BUFFERED_BYTES = 1 << 20   # stop reading a client holding this much unsent body
+PIPELINE_DEPTH = 16              # requests parsed ahead of the one being served
+ROUTE_CACHE_SIZE = 4096
+
+
+class FastPath:
+    """One listening socket's worth of fast path over one Activator: server, pool, reporter."""
+
+    def __init__(self, activator: Activator, *, connect_timeout_s: float = 10.0,
+                 upstream_idle_s: float = 30.0, client_keepalive_s: float = 75.0) -> None:
+        self.activator = activator
+        self.loop = asyncio.get_running_loop()
+        self.pool = UpstreamPool(self.loop, timeout_s=activator.upstream_timeout_s,
+                                 connect_timeout_s=connect_timeout_s, idle_timeout_s=upstream_idle_s)
+        self.client_keepalive_s = client_keepalive_s
+        self.clients: set[ClientConn] = set()
+        self.server: asyncio.AbstractServer | None = None
+        self._reporter: asyncio.Task[None] | None = None
+        self._routes: dict[tuple[bytes, bytes], Route] = {}
+        self._router = activator.router
+        self._requests: dict[tuple[str, str], Counter] = {}
+        self._durations: dict[str, Histogram] = {}
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 4096,
+                    report_load: bool = True) -> asyncio.AbstractServer:
+        if report_load:
+            self._reporter = asyncio.create_task(
+                self.activator.tracker.run(self.activator.report_period_s),
+                name="activator-load-reporter")
+        self.server = await self.loop.create_server(
+            lambda: ClientConn(self), host, port, reuse_port=reuse_port or None, backlog=backlog)
+        return self.server
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new requests (503), let those in flight and queued finish, up to grace_s."""
+        await self.activator.drain(grace_s)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for client in list(self.clients):
+            client.close()
+        self.pool.close()
+        if self._reporter is not None:
+            self._reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporter
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    # --- small caches on the hot path -------------------------------------------------------
+
+    def route(self, host: bytes, path: bytes) -> Route:
+        router = self.activator.router
+        if router is not self._router:   # the spec changed; routes may have too
+            self._routes.clear()
+            self._router = router
+        key = (host, path)
+        hit = self._routes.get(key)
+        if hit is None:
+            text = path.decode("latin-1")
+            if "%" in text:
+                text = unquote(text)
+            hit = router.route(host.decode("latin-1") or None, text)
+            if len(self._routes) >= ROUTE_CACHE_SIZE:
+                self._routes.clear()
+            self._routes[key] = hit
+        return hit
+
+    def count(self, model: str, code: str) -> None:
+        key = (model, code)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.activator.metrics.requests.labels(model, code)
+        child.inc()
+
+    def observe(self, model: str, seconds: float) -> None:
+        child = self._durations.get(model)
+        if child is None:
+            child = self._durations[model] = self.activator.metrics.duration.labels(model)
+        child.observe(seconds)
+
+
+async def serve_fast(activator: Activator, host: str, port: int, *, reuse_port: bool = False,
+                     backlog: int = 4096) -> asyncio.AbstractServer:
+    """Serve `activator` on the fast path; closing the returned server stops accepting. For a
+    full shutdown (drain, close pooled connections) use a `FastPath` directly."""
+    return await FastPath(activator).start(host, port, reuse_port=reuse_port, backlog=backlog)
+
+
+class ClientConn(asyncio.Protocol):
+    """One client connection: parses requests, serves them one at a time, in order."""
+
+    def __init__(self, fp: FastPath) -> None:
+        self.fp = fp
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = b""
+        self.cur: Exchange | None = None                          # being parsed
+        self.pipeline: collections.deque[Exchange] = collections.deque()   # [0] is being served
+        self.active: Exchange | None = None
+        self.buffered = 0
+        self.up_blocked = False
+        self.read_paused = False
+        self.write_paused = False
+        self.closed = False
+        self.starting = False
+        self.last_io_s = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = str(peer[0]).encode("latin-1")
+        self.fp.clients.add(self)
+        self.last_io_s = self.fp.loop.time()
+        self.timer = self.fp.loop.call_later(self.fp.client_keepalive_s, self._tick)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_io_s = self.fp.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject(501, b"protocol upgrades are not supported")
+            return
+        except httptools.HttpParserError:
+            self._reject(400, b"malformed HTTP request")
+            return
+        active = self.active
+        if active is None:
+            if self.pipeline:
+                self._start_next()
+        elif active.state == WAIT_BODY:
+            active.body_arrived()
+        self.flow()
+
+    def eof_received(self) -> bool | None:
+        return False   # a client that stops sending is gone (as nginx treats it)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        active = self.active
+        if active is not None and active.up is not None:
+            active.up.pause_reading(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        active = self.active
+        if active is not None and active.up is not None:
+            active.up.pause_reading(False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.fp.clients.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        while self.pipeline:
+            self.pipeline.popleft().abort()
+        self.active = None
+
+    # --- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.cur = Exchange(self)
+
+    def on_url(self, url: bytes) -> None:
+        assert self.cur is not None
+        self.cur.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.cur
+        assert ex is not None
+        lower = name.lower()
+        if lower not in HOP_BY_HOP:
+            ex.head += (name, b": ", value, b"\r\n")
+        elif lower == b"host":
+            ex.host = value
+        elif lower == b"content-length":
+            ex.content_length = int(value)
+        elif lower == b"transfer-encoding":
+            ex.chunked = b"chunked" in value.lower()
+        elif lower == b"x-forwarded-for":
+            ex.xff = value
+        elif lower == b"expect":
+            ex.expect = value.lower() == b"100-continue"
+
+    def on_headers_complete(self) -> None:
+        ex = self.cur
+        assert ex is not None
+        ex.method = self.parser.get_method()
+        ex.keep_alive = self.parser.should_keep_alive()
+        ex.has_body = ex.chunked or ex.content_length > 0
+        ex.body_done = not ex.has_body
+        self.pipeline.append(ex)
+
+    def on_body(self, data: bytes) -> None:
+        ex = self.cur
+        assert ex is not None
+        ex.add_body(data)
+
+    def on_message_complete(self) -> None:
+        ex = self.cur
+        assert ex is not None
+        self.cur = None
+        ex.end_body()
+
+    # --- serving ----------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def flow(self) -> None:
+        """Read from the client only while there is somewhere for its bytes to go."""
+        want = self.up_blocked or self.buffered > PAUSE_BUFFERED_BYTES or \
+            len(self.pipeline) > PIPELINE_DEPTH
+        if want != self.read_paused and not self.closed and self.transport is not None:
+            self.read_paused = want
+            if want:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def exchange_done(self, ex: Exchange, close: bool) -> None:
+        if self.pipeline and self.pipeline[0] is ex:
+            self.pipeline.popleft()
+        if self.active is ex:
+            self.active = None
+        self.up_blocked = False
+        if close or self.fp.activator.closing:
+            self.close()
+            return
+        if not self.starting and self.pipeline:
+            self._start_next()
+        self.flow()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def _start_next(self) -> None:
+        self.starting = True
+        try:
+            while self.active is None and self.pipeline and not self.closed:
+                ex = self.pipeline[0]
+                self.active = ex
+                ex.begin()
+        finally:
+            self.starting = False
+
+    def _reject(self, status: int, message: bytes) -> None:
+        if self.active is None or self.active.state < RESPONDING:
+            head = render(status, message, [("Content-Type", "text/plain")], close=True)
+            if self.active is not None:
+                self.active.abort()
+                self.active = None
+            self.write(head)
+        self.close()
+
+    def _tick(self) -> None:
+        self.timer = None
+        if self.closed:
+            return
+        left = self.last_io_s + self.fp.client_keepalive_s - self.fp.loop.time()
+        if left <= 0 and self.active is None and not self.pipeline:
+            self.close()
+            return
+        self.timer = self.fp.loop.call_later(max(left, 1.0), self._tick)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from activator.workers import main as workers_main
+
+    return workers_main(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
