@@ -33,6 +33,7 @@ import aiohttp
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from autoscaler.backends.base import BackendError, Endpoint, EndpointCallback, EndpointSet
+from autoscaler.backends.pool import PoolManager, PoolProc
 from zeroserve.spec import ModelService
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class ReplicaProc:
     started_at: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
+    pool_member: PoolProc | None = None
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def endpoint(self) -> Endpoint:
@@ -100,6 +103,7 @@ class LocalBackend:
         self._seq = 0
         self._closed = False
         self._stoppers: set[asyncio.Task[None]] = set()
+        self.pool = PoolManager(free_port=free_port, python=python)
         self.cold_start_seconds = Histogram(
             "zeroserve_cold_start_seconds", "Replica start time by phase", ["model", "phase"],
             buckets=PHASE_BUCKETS, registry=registry if registry is not None else REGISTRY)
@@ -113,6 +117,7 @@ class LocalBackend:
         self._closed = True
         stops = [self._stop(st, r) for st in self.models.values() for r in list(st.replicas)]
         await asyncio.gather(*stops, return_exceptions=True)
+        await self.pool.close()
         if self._stoppers:
             await asyncio.gather(*self._stoppers, return_exceptions=True)
         if self._session is not None:
@@ -124,6 +129,16 @@ class LocalBackend:
             self.models[svc.name] = ModelState(svc)
         else:
             state.svc = svc
+        if self._uses_pool(svc):
+            # Warm processes on every GPU a replica of this model could land on (or the CPU).
+            devices = self.gpus.devices() if self.gpus is not None and svc.runtime.gpus else []
+            choices: list[tuple[int, ...]] = [(d.index,) for d in devices] or [()]
+            for gpus in choices:
+                self.pool.want(gpus, svc.runtime.prewarm)
+
+    @staticmethod
+    def _uses_pool(svc: ModelService) -> bool:
+        return svc.runtime.kind == "hf" and svc.runtime.prewarm > 0 and svc.runtime.gpus <= 1
 
     def unregister(self, name: str) -> None:
         state = self.models.pop(name, None)
@@ -183,6 +198,9 @@ class LocalBackend:
                 "last_cold_start": st.last_phases,
             }
         return out
+
+    def pool_status(self) -> list[dict[str, Any]]:
+        return self.pool.status()
 
     def gpu_assignments(self) -> dict[int, list[str]]:
         held: dict[int, list[str]] = {}
@@ -270,6 +288,9 @@ class LocalBackend:
     # --- one replica's life -------------------------------------------------------------------
 
     async def _run_replica(self, state: ModelState, replica: ReplicaProc) -> None:
+        if self._uses_pool(state.svc):
+            await self._run_pooled(state, replica)
+            return
         svc = state.svc
         t0 = replica.started_at
         try:
@@ -306,6 +327,48 @@ class LocalBackend:
         self._publish(state)
         assert replica.process is not None
         await replica.process.wait()
+        await self._on_exit(state, replica, failed=not replica.stopping)
+
+    async def _run_pooled(self, state: ModelState, replica: ReplicaProc) -> None:
+        """A replica served by a warm pool process: take one, hand it the model, serve."""
+        from runtime import pool as client
+
+        svc = state.svc
+        t0 = replica.started_at
+        try:
+            model_dir = await self._model_dir(state, replica)
+            t_fetched = self.clock()
+            member = await self.pool.take(svc.name, replica.gpus)
+            replica.pool_member = member
+            replica.port = member.port
+            replica.process = member.process
+            t_taken = self.clock()
+            result = await client.load("127.0.0.1", member.port, model_dir, svc.name,
+                                       timeout_s=svc.runtime.ready_timeout_s)
+            t_ready = self.clock()
+        except Exception as e:
+            log.error("pooled replica failed to load model=%s replica=%s: %s", svc.name, replica.id, e)
+            if replica.pool_member is not None:
+                await self.pool.give_back(replica.pool_member, park=False)
+            await self._on_exit(state, replica, failed=not replica.stopping)
+            return
+        replica.phases = {"schedule": 0.0, "fetch": t_fetched - t0, "start": t_taken - t_fetched,
+                          "load": t_ready - t_taken}
+        state.last_phases = {k: round(v, 4) for k, v in replica.phases.items()}
+        state.last_phases["load_source_" + result.source] = 1.0
+        for phase, seconds in replica.phases.items():
+            self.cold_start_seconds.labels(svc.name, phase).observe(seconds)
+        log.info("pooled replica ready model=%s replica=%s in %.3fs (from %s, %.1f GB/s)", svc.name,
+                 replica.id, t_ready - t0, result.source, result.read_gbps)
+        replica.ready = True
+        state.crashes = 0
+        state.last_used = self.clock()
+        self._publish(state)
+        exited = asyncio.create_task(member.process.wait())
+        released = asyncio.create_task(replica.released.wait())
+        await asyncio.wait([exited, released], return_when=asyncio.FIRST_COMPLETED)
+        exited.cancel()
+        released.cancel()
         await self._on_exit(state, replica, failed=not replica.stopping)
 
     async def _model_dir(self, state: ModelState, replica: ReplicaProc) -> Path:
@@ -374,7 +437,8 @@ class LocalBackend:
         return None
 
     async def _on_exit(self, state: ModelState, replica: ReplicaProc, *, failed: bool) -> None:
-        if replica.process is not None and replica.process.returncode is None:
+        if replica.pool_member is None and replica.process is not None and \
+                replica.process.returncode is None:
             await self._terminate(replica)
         was_ready = replica.ready
         replica.ready = False
@@ -416,7 +480,11 @@ class LocalBackend:
         if was_ready:
             self._publish(state)   # out of rotation before the signal
         log.info("stopping replica model=%s replica=%s", state.svc.name, replica.id)
-        await self._terminate(replica)
+        if replica.pool_member is not None:
+            await self.pool.give_back(replica.pool_member, park=state.svc.scaling.park)
+            replica.released.set()
+        else:
+            await self._terminate(replica)
         if replica.task is not None and replica.task is not asyncio.current_task():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(replica.task), 5)

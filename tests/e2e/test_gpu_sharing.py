@@ -1,0 +1,91 @@
+"""Two models competing for one GPU (a hand-written NVML fake, injected at the inventory)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+
+from runtime.gpu import GpuInventory
+from tests.conftest import ROOT, free_port
+from zeroserve.spec import parse_specs
+from zeroserve.up import Stack, UpConfig
+
+
+def _fake_nvml_module() -> Any:
+    spec = importlib.util.spec_from_file_location("fake_nvml", ROOT / "tests/runtime/fake_nvml.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SPEC = """
+kind: ModelService
+metadata: {name: alpha}
+spec:
+  runtime: {model: iris, gpus: 1}
+  scaling: {stableWindow: 60s, scaleToZeroGracePeriod: 60s, tickInterval: 0.5s}
+---
+kind: ModelService
+metadata: {name: beta}
+spec:
+  runtime: {model: iris, gpus: 1}
+  scaling: {stableWindow: 60s, scaleToZeroGracePeriod: 60s, tickInterval: 0.5s}
+"""
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, registry: CollectorRegistry) -> AsyncIterator[Stack]:
+    fake = _fake_nvml_module()
+    nvml = fake.FakeNvml(gpus=[fake.FakeGpu()])     # one 80 GiB GPU
+    config = UpConfig(files=(), port=free_port(), admin_port=free_port(), drain_s=2,
+                      stop_grace_s=3, cache_dir=tmp_path / "cache")
+    stack = Stack(parse_specs(SPEC), config, registry=registry, gpus=GpuInventory(nvml))
+    await stack.start()
+    yield stack
+    await stack.stop()
+
+
+async def _predict(session: aiohttp.ClientSession, url: str, model: str) -> int:
+    async with session.post(f"{url}/v1/models/{model}:predict",
+                            json={"instances": [[5.1, 3.5, 1.4, 0.2]]}) as r:
+        await r.read()
+        return r.status
+
+
+async def test_request_for_idle_model_evicts_the_other(stack: Stack) -> None:
+    url = f"http://127.0.0.1:{stack.config.port}"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+        assert await _predict(s, url, "alpha") == 200
+        assert stack.status()["gpus"] == {"0": ["alpha"]}
+        # alpha is now idle and holds the only GPU; beta's request must evict it.
+        assert await _predict(s, url, "beta") == 200
+        status = stack.status()
+        assert status["gpus"] == {"0": ["beta"]}
+        assert status["models"]["beta"]["replicas"][0]["gpus"] == [0]
+        assert status["models"]["alpha"]["ready"] == 0
+        # And back: alpha's next request evicts the now idle beta; both answered.
+        codes = await asyncio.gather(_predict(s, url, "alpha"))
+        assert codes == [200]
+        assert stack.status()["gpus"] == {"0": ["alpha"]}
+
+
+async def test_busy_model_is_not_evicted_request_waits(stack: Stack) -> None:
+    url = f"http://127.0.0.1:{stack.config.port}"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+        assert await _predict(s, url, "alpha") == 200
+        # Hold alpha busy by pretending it has demand: its requests are queued/in flight.
+        stack.backend.demand = lambda model: 1
+        task = asyncio.create_task(_predict(s, url, "beta"))
+        await asyncio.sleep(1.0)
+        assert not task.done()
+        assert stack.status()["models"]["beta"]["pending"] is not None
+        assert stack.status()["gpus"] == {"0": ["alpha"]}
+        task.cancel()
