@@ -6,7 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoscaler.batch import BatchConfig, BatchState, decide_batch
+from autoscaler.aggregation import ModelWindows, StatSample
+from autoscaler.batch import BatchConfig, BatchState, BatchWindows, decide_batch
 from autoscaler.policy import Observation, PolicyConfig, PolicyState, decide, initial_state
 
 configs = st.builds(
@@ -79,3 +80,59 @@ def test_state_round_trips_through_the_batch_form() -> None:
     batch = BatchState.from_states([PolicyState(), state], BatchConfig.from_configs([config, config]))
     assert batch.get(1, config.delay_buckets) == state
     assert batch.get(0, config.delay_buckets) == PolicyState()
+
+
+window_lengths = st.sampled_from([(60.0, 6.0), (6.0, 1.0), (20.0, 2.0), (10.0, 0.5)])
+sample_events = st.tuples(
+    st.integers(0, 3),  # model
+    st.sampled_from(["a", "b", "c"]),  # activator
+    st.sampled_from([-70.0, -3.0, -0.4, 0.0, 0.3, 0.6, 1.0, 1.0, 1.0, 2.5, 9.0, 65.0]),  # time step
+    st.floats(0.0, 300.0),
+    st.floats(0.0, 50.0),
+    st.sampled_from([1.0, 1.0, 0.5, 2.0]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    windows=st.lists(window_lengths, min_size=4, max_size=4),
+    calls=st.lists(st.lists(sample_events, max_size=6), min_size=1, max_size=30),
+    read_offsets=st.lists(st.sampled_from([0.0, 0.2, 1.0, 3.0, 7.0, 61.0]), min_size=1, max_size=3),
+)
+def test_batch_windows_equal_model_windows(
+    windows: list[tuple[float, float]],
+    calls: list[list[tuple[int, str, float, float, float, float]]],
+    read_offsets: list[float],
+) -> None:
+    scalar = [ModelWindows(s, p) for s, p in windows]
+    batch = BatchWindows([s for s, _ in windows], [p for _, p in windows])
+    row_of = {f"m{i}": i for i in range(4)}
+    use_rps = np.array([False, True, False, True])
+    now = 10_000.0
+    for call in calls:
+        samples = []
+        for model, activator, step, conc, requests, period in call:
+            now += step
+            samples.append(StatSample(f"m{model}", activator, now, conc, requests, period))
+        for sample in samples:
+            scalar[row_of[sample.model]].record(sample)
+        batch.ingest(samples, row_of)
+        for offset in read_offsets:
+            stable, panic = batch.observe(use_rps, now + offset)
+            for i in range(4):
+                want = scalar[i].observe("rps" if use_rps[i] else "concurrency", now + offset)
+                assert (float(stable[i]), float(panic[i])) == want, (i, now + offset)
+
+
+def test_batch_windows_grow_and_reconfigure() -> None:
+    batch = BatchWindows([60.0], [6.0])
+    batch.ingest([StatSample("m0", "a", 100.0, 4.0, 4.0)], {"m0": 0})
+    batch.grow(3)
+    batch.configure(2, 120.0, 12.0)  # wider than any row before
+    batch.ingest([StatSample("m2", "a", 100.0, 8.0, 8.0)], {"m0": 0, "m2": 2})
+    stable, panic = batch.observe(np.zeros(3, dtype=np.bool_), 100.0)
+    assert list(stable) == [4.0, 0.0, 8.0]
+    assert list(panic) == [4.0, 0.0, 8.0]
+    batch.configure(0, 60.0, 6.0)
+    stable, _ = batch.observe(np.zeros(3, dtype=np.bool_), 100.0)
+    assert list(stable) == [0.0, 0.0, 8.0]
