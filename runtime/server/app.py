@@ -12,11 +12,14 @@ from aiohttp import web
 
 from runtime.gpu import GpuInventory
 from runtime.server import openai_api, v1, v2
-from runtime.server.context import HOST, METRICS
+from runtime.server.context import HOST, METRICS, Handler
+from runtime.server.errors import NoRoute
 from runtime.server.host import ModelHost
 from runtime.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
+
+OPENAI_PATHS = ("/v1/completions", "/v1/chat/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +37,25 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": metrics.content_type})
 
 
+@web.middleware
+async def unknown_routes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own 404/405 pages are text; clients of every protocol here expect JSON errors."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        error = NoRoute(f"{e.reason}: {request.method} {request.path}")
+        render = openai_api.render_error if request.path.startswith(OPENAI_PATHS) else v2.render_error
+        response = render(error)
+        response.set_status(e.status, e.reason)
+        return response
+
+
 def create_app(
     host: ModelHost, gpus: GpuInventory | None = None, *, max_body_bytes: int = 100 * 1024 * 1024
 ) -> web.Application:
-    app = web.Application(client_max_size=max_body_bytes)
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[unknown_routes])
     app[HOST] = host
     app[METRICS] = ServerMetrics(host, gpus or GpuInventory())
     v2.add_routes(app)

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from runtime.server.errors import BadRequest, ServerError
+from runtime.server.errors import BadRequest, PayloadTooLarge, ServerError
 from runtime.server.host import ModelHost
 from runtime.server.metrics import ServerMetrics
 
@@ -70,9 +70,17 @@ def admitted(host: ModelHost, name: str) -> Iterator[None]:
         host.end()
 
 
-async def read_json(request: web.Request) -> Any:
+async def read_body(request: web.Request) -> bytes:
     try:
-        return await request.json(loads=json.loads)
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as e:
+        raise PayloadTooLarge("request body is larger than this server's limit (--max-body-bytes)") from e
+
+
+async def read_json(request: web.Request) -> Any:
+    raw = await read_body(request)
+    try:
+        return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"request body is not valid JSON: {e}") from e
 

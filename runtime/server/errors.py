@@ -53,6 +53,20 @@ class Draining(ServerError):
     code = "draining"
 
 
+class PayloadTooLarge(ServerError):
+    """The body exceeds --max-body-bytes."""
+
+    openai_type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class NoRoute(ServerError):
+    """No such path (or method) on this server."""
+
+    openai_type = "invalid_request_error"
+    code = "unknown_url"
+
+
 class ModelFailure(ServerError):
     """The user's predict()/generate() raised."""
 
@@ -61,6 +75,8 @@ _STATUS: dict[type[ServerError], int] = {
     BadRequest: 400,
     Unsupported: 400,
     ModelNotFound: 404,
+    NoRoute: 404,
+    PayloadTooLarge: 413,
     ModelNotReady: 503,
     Draining: 503,
     ModelFailure: 500,

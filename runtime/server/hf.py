@@ -79,8 +79,13 @@ class HFModel(GenerativeModel):
     platform = "transformers"
     owned_by = "zeroserve"
 
-    def __init__(self, config: ModelConfig, *, loader: Loader | None = None,
-                 parked: Mapping[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        loader: Loader | None = None,
+        parked: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         super().__init__(config)
         self._loader = loader
         self._parked = parked
@@ -89,7 +94,7 @@ class HFModel(GenerativeModel):
         self._eos: frozenset[int] = frozenset()
         self._step_lock = threading.Lock()
         self.ready_unix: float | None = None
-        self.first_token_s: float | None = None    # first request after load: call -> first token
+        self.first_token_s: float | None = None  # first request after load: call -> first token
         self.first_token_unix: float | None = None
 
     def load(self) -> None:
@@ -100,7 +105,7 @@ class HFModel(GenerativeModel):
             raise ValueError("the hf runtime needs --model-dir")
         loader = self._loader or Loader()
         self.loaded = load_model(self.model_dir, pick_device(), loader=loader, parked=self._parked)
-        self._parked = None    # the parking lot keeps its own reference
+        self._parked = None  # the parking lot keeps its own reference
         config = self.loaded.model.config
         self.tokenizer = load_tokenizer(self.model_dir, config)
         self._eos = _eos_ids(config, self.tokenizer)
@@ -115,8 +120,9 @@ class HFModel(GenerativeModel):
 
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> str:
         if self.tokenizer is not None and getattr(self.tokenizer, "chat_template", None):
-            rendered = self.tokenizer.apply_chat_template(list(messages), tokenize=False,
-                                                          add_generation_prompt=True)
+            rendered = self.tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=True
+            )
             return str(rendered)
         return super().chat_prompt(messages)
 
@@ -150,7 +156,7 @@ class HFModel(GenerativeModel):
             out.append(token)
             text = self.tokenizer.decode(out)
             # Hold back an incomplete multi-byte character: it shows up whole with the next token.
-            piece = "" if text.endswith("\ufffd") else text[len(text_so_far):]
+            piece = "" if text.endswith("\ufffd") else text[len(text_so_far) :]
             if piece:
                 text_so_far = text
             yield piece
@@ -163,8 +169,9 @@ class HFModel(GenerativeModel):
 class Decoder:
     """One request's KV cache and sampler."""
 
-    def __init__(self, model: Any, device: torch.device, prompt_ids: list[int],
-                 params: GenerationParams) -> None:
+    def __init__(
+        self, model: Any, device: torch.device, prompt_ids: list[int], params: GenerationParams
+    ) -> None:
         import torch
 
         self.model = model
@@ -181,8 +188,9 @@ class Decoder:
         import torch
 
         with torch.inference_mode():
-            out = self.model(input_ids=self.next_input, past_key_values=self.past, use_cache=True,
-                             logits_to_keep=1)
+            out = self.model(
+                input_ids=self.next_input, past_key_values=self.past, use_cache=True, logits_to_keep=1
+            )
             self.past = out.past_key_values
             logits = out.logits[0, -1].float()
             token = sample(logits, self.params.temperature, self.params.top_p, self.generator)
@@ -198,6 +206,6 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
     probs = torch.softmax(logits / temperature, dim=-1)
     if 0 < top_p < 1:
         sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p   # always keeps the top one
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p  # always keeps the top one
         probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
     return int(torch.multinomial(probs, 1, generator=generator).item())

@@ -74,7 +74,9 @@ class Outcome:
     finish_reason: str = "stop"
 
 
-async def run(host: ModelHost, prompt: str, params: GenerationParams, outcome: Outcome) -> AsyncGenerator[str, None]:
+async def run(
+    host: ModelHost, prompt: str, params: GenerationParams, outcome: Outcome
+) -> AsyncGenerator[str, None]:
     """The completion's text pieces; fills ``outcome`` with token count and finish reason."""
     stops = StopFilter(params.stop)
     stream = host.generate(prompt, params)

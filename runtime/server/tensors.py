@@ -72,6 +72,18 @@ class TensorSpec:
                 f"input {self.name}: shape {list(shape)} given, model expects {list(self.shape)}"
             )
 
+    def coerce(self, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """The array in the declared dtype (after :meth:`check`): a model gets what it declares.
+        Integers are range-checked first, since a cast would wrap silently."""
+        dtype = DTYPES[self.datatype]
+        if array.dtype == dtype:
+            return array
+        if family(self.datatype) == "int" and array.size:
+            info = np.iinfo(dtype)
+            if int(array.min()) < info.min or int(array.max()) > info.max:
+                raise BadRequest(f"input {self.name}: value out of range for {self.datatype}")
+        return array.astype(dtype)
+
 
 def _flatten(data: Any) -> Iterator[Any]:
     if isinstance(data, list):

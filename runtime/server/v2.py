@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from runtime.server.context import HOST, endpoint, json_response, read_json
+from runtime.server.context import HOST, endpoint, json_response, read_body, read_json
 from runtime.server.errors import BadRequest, ModelNotFound, ServerError, status_of
 from runtime.server.tensors import encode_output, parse_input
 
@@ -81,7 +81,7 @@ async def _read_request(request: web.Request) -> tuple[Any, memoryview | None]:
     header_length = request.headers.get(HEADER_LENGTH)
     if header_length is None:
         return await read_json(request), None
-    raw = await request.read()
+    raw = await read_body(request)
     try:
         length = int(header_length)
         if not 0 < length <= len(raw):
@@ -111,6 +111,7 @@ async def infer(request: web.Request) -> web.Response:
             if name not in declared:
                 raise BadRequest(f"unexpected input {name}; model inputs are {sorted(declared)}")
             declared[name].check(tensor["datatype"], array.shape)
+            array = declared[name].coerce(array)
         arrays[name] = array
     missing = sorted(set(declared) - set(arrays))
     if missing:

@@ -73,6 +73,32 @@ async def test_v1_errors(iris: ServerProcess, path: str, body: Any, status: int,
     assert set(got) == {"error"} and fragment in got["error"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "shape"),
+    [("GET", "/nope", "v2"), ("DELETE", "/v2/models/iris", "v2"), ("GET", "/v1/chat/completions", "openai")],
+)
+async def test_unknown_routes_answer_json(iris: ServerProcess, method: str, path: str, shape: str) -> None:
+    async with aiohttp.ClientSession() as s, s.request(method, iris.url + path) as r:
+        assert r.status in (404, 405)
+        body = await r.json()
+    if shape == "v2":
+        assert isinstance(body["error"], str) and path in body["error"]
+    else:
+        assert body["error"]["code"] == "unknown_url"
+
+
+async def test_body_over_the_limit_is_413(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--model", "iris", "--max-body-bytes", "1000")
+    try:
+        rows = [[5.1, 3.5, 1.4, 0.2]] * 100
+        status, body = await post(server.url + "/v1/models/iris:predict", {"instances": rows})
+        assert status == 413 and "limit" in body["error"]
+        status, body = await post(server.url + "/v1/models/iris:predict", {"instances": rows[:2]})
+        assert (status, body) == (200, {"predictions": [0, 0]})
+    finally:
+        assert server.stop() == 0
+
+
 async def test_v1_invalid_json(iris: ServerProcess) -> None:
     async with aiohttp.ClientSession() as s, s.post(iris.url + "/v1/models/iris:predict", data=b"{nope") as r:
         assert r.status == 400

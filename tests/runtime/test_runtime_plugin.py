@@ -103,6 +103,11 @@ async def test_declared_inputs_sync_model_and_model_dir(tmp_path: Path) -> None:
             async with s.post(server.url + "/v2/models/scaler/infer", json=body) as r:
                 out = {o["name"]: o for o in (await r.json())["outputs"]}
             assert out["y"]["data"] == [3.0, 7.5]
+            # FP32 on the wire reaches the model as its declared FP64, so its output is FP64 too.
+            body["inputs"][0]["datatype"] = "FP32"
+            async with s.post(server.url + "/v2/models/scaler/infer", json=body) as r:
+                out = {o["name"]: o for o in (await r.json())["outputs"]}
+            assert out["y"]["datatype"] == "FP64"
             assert out["greeting"] == {
                 "name": "greeting",
                 "datatype": "BYTES",
