@@ -1,0 +1,228 @@
+"""Real servers for the storage tests (fixtures re-exported by conftest.py): an aiohttp file server
+with Range support and injectable faults, and a moto S3 server subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from runtime.storage import NodeCache, TransferConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+KiB = 1 << 10
+MiB = 1 << 20
+# Small parts so a 3 MiB file takes the ranged, parallel path in tests.
+FAST = TransferConfig(concurrency=4, part_size_bytes=256 * KiB, min_ranged_bytes=512 * KiB, backoff_s=0.01)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Served:
+    method: str
+    path: str
+    start: int
+    end: int  # exclusive
+    sent: int = 0
+
+
+@dataclass
+class FileServer:
+    """Serves `files` (path -> bytes) with ranges, JSON directory listings and faults."""
+
+    files: dict[str, bytes]
+    url: str = ""
+    log: list[Served] = field(default_factory=list)
+    cut_at: dict[str, int] = field(default_factory=dict)  # path -> absolute offset to drop the connection
+    cuts_left: dict[str, int] = field(default_factory=dict)
+    corrupt: set[str] = field(default_factory=set)
+    status: dict[str, int] = field(default_factory=dict)
+    digests: bool = False  # send Repr-Digest: sha-256 of the true content
+    chunk_delay_s: float = 0.0
+    sizes: dict[str, int] = field(default_factory=dict)  # listing lies about sizes (disk-full test)
+
+    def gets(self, path: str) -> list[Served]:
+        return [s for s in self.log if s.method == "GET" and s.path == path]
+
+    def listing(self, directory: str) -> list[dict[str, object]]:
+        seen: dict[str, dict[str, object]] = {}
+        for path, data in self.files.items():
+            if not path.startswith(directory):
+                continue
+            head, _, rest = path[len(directory) :].partition("/")
+            if rest:
+                seen[head] = {"name": head, "type": "directory", "mtime": "x"}
+            else:
+                size = self.sizes.get(path, len(data))
+                seen[head] = {"name": head, "type": "file", "mtime": "x", "size": size}
+        return list(seen.values())
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path in self.status:
+            return web.Response(status=self.status[path], text="nope")
+        if path.endswith("/"):
+            entries = self.listing(path)
+            if not entries:
+                raise web.HTTPNotFound()
+            return web.json_response(entries)
+        data = self.files.get(path)
+        if data is None:
+            raise web.HTTPNotFound()
+        headers = {"Accept-Ranges": "bytes", "ETag": f'"{hashlib.md5(data).hexdigest()[:16]}"'}
+        if self.digests:
+            headers["Repr-Digest"] = f"sha-256=:{base64.b64encode(hashlib.sha256(data).digest()).decode()}:"
+        start, end = 0, len(data)
+        rng = request.headers.get("Range")
+        if rng:
+            first, _, last = rng.removeprefix("bytes=").partition("-")
+            start, end = int(first), int(last) + 1
+        served = Served(request.method, path, start, end)
+        self.log.append(served)
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(len(data))
+            return web.Response(headers=headers)
+        resp = web.StreamResponse(status=206 if rng else 200, headers=headers)
+        if rng:
+            resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+        resp.content_length = end - start
+        await resp.prepare(request)
+        body = bytearray(data[start:end])
+        if path in self.corrupt and body:
+            body[len(body) // 2] ^= 0xFF
+        cut = self.cut_at.get(path)
+        pos = start
+        while pos < end:
+            if pos == cut and self.cuts_left.get(path, 0) > 0:
+                self.cuts_left[path] -= 1
+                assert request.transport is not None
+                request.transport.close()  # mid-body: the client sees a short read
+                return resp
+            stop = min(end, pos + 64 * KiB)
+            if cut is not None and pos < cut < stop:
+                stop = cut
+            await resp.write(bytes(body[pos - start : stop - start]))
+            served.sent += stop - pos
+            pos = stop
+            if self.chunk_delay_s:
+                await asyncio.sleep(self.chunk_delay_s)
+        await resp.write_eof()
+        return resp
+
+
+@pytest.fixture
+async def file_server() -> AsyncIterator[FileServer]:
+    server = FileServer(files={})
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", server.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = _port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    server.url = f"http://127.0.0.1:{port}"
+    yield server
+    await runner.cleanup()
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> NodeCache:
+    return NodeCache(tmp_path / "cache", budget_bytes=1 << 40)
+
+
+def model_files(prefix: str = "/m/") -> dict[str, bytes]:
+    """One large file (ranged), a few small ones in a subfolder, one empty file."""
+    rnd = os_random(3 * MiB + 123)
+    files = {f"{prefix}big.bin": rnd, f"{prefix}config.json": b'{"a": 1}', f"{prefix}empty.txt": b""}
+    for i in range(6):
+        files[f"{prefix}tok/part-{i}.bin"] = os_random(1000 + 997 * i)
+    return files
+
+
+def os_random(n: int) -> bytes:
+    return os.urandom(n)
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.storage.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def acli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """The CLI as a subprocess without blocking the loop that runs the test servers."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "runtime.storage.cli",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, (out + err).decode()
+
+
+@dataclass
+class Moto:
+    endpoint: str
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[Moto]:
+    port = _port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("moto server did not start") from None
+            time.sleep(0.05)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    yield Moto(endpoint, env)
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def write_json(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data))

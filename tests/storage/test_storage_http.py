@@ -1,0 +1,191 @@
+"""http(s):// against a real aiohttp server: ranged parts, cut connections, resume, corruption, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from runtime.storage import IntegrityError, NodeCache, TransferConfig, TransientError, materialize
+from runtime.storage.cli import storage_init_main
+from storage_servers import FAST, FileServer, KiB, cli, model_files
+
+PART = FAST.part_size_bytes
+
+
+def assert_same(files: dict[str, bytes], prefix: str, dest: Path) -> None:
+    for path, data in files.items():
+        assert (dest / path.removeprefix(prefix)).read_bytes() == data, path
+
+
+async def test_directory_in_ranged_parts_then_hard_links_from_cache(
+    file_server: FileServer, cache: NodeCache, tmp_path: Path
+) -> None:
+    file_server.files = model_files()
+    uri = f"{file_server.url}/m/"
+    first = await materialize(uri, tmp_path / "r1", cache, FAST)
+    assert not first.cache_hit
+    assert first.files == len(file_server.files)
+    assert first.bytes == sum(len(d) for d in file_server.files.values())
+    assert_same(file_server.files, "/m/", tmp_path / "r1")
+    big = len(file_server.files["/m/big.bin"])
+    starts = sorted(s.start for s in file_server.gets("/m/big.bin"))
+    assert starts == list(range(0, big, PART))  # one ranged GET per part, nothing fetched twice
+
+    gets_before = len([s for s in file_server.log if s.method == "GET"])
+    second = await materialize(uri, tmp_path / "r2", cache, FAST)
+    assert second.cache_hit
+    assert len([s for s in file_server.log if s.method == "GET"]) == gets_before  # listings aren't logged
+    a, b = (tmp_path / "r1" / "big.bin").stat(), (tmp_path / "r2" / "big.bin").stat()
+    assert a.st_ino == b.st_ino and a.st_nlink >= 3  # cache copy + two replicas, one inode
+    assert not os.access(tmp_path / "r2" / "big.bin", os.W_OK) or os.geteuid() == 0
+    assert (a.st_mode & 0o222) == 0  # read-only: a replica cannot scribble on the shared copy
+
+
+async def test_cut_connection_resumes_from_the_last_byte(
+    file_server: FileServer, cache: NodeCache, tmp_path: Path
+) -> None:
+    file_server.files = model_files()
+    cut = PART + 200 * KiB
+    file_server.cut_at["/m/big.bin"] = cut
+    file_server.cuts_left["/m/big.bin"] = 1
+    await materialize(f"{file_server.url}/m/", tmp_path / "d", cache, FAST)
+    assert_same(file_server.files, "/m/", tmp_path / "d")
+    resumed = [s for s in file_server.gets("/m/big.bin") if s.start % PART != 0]
+    assert len(resumed) == 1 and PART < resumed[0].start <= cut  # not from the start of the part
+    sent = sum(s.sent for s in file_server.gets("/m/big.bin"))
+    assert sent < len(file_server.files["/m/big.bin"]) + PART
+
+
+async def test_failed_run_leaves_a_journal_that_the_next_run_resumes(
+    file_server: FileServer, cache: NodeCache, tmp_path: Path
+) -> None:
+    file_server.files = model_files()
+    big = len(file_server.files["/m/big.bin"])
+    cut = 2 * PART + 100 * KiB
+    file_server.cut_at["/m/big.bin"] = cut
+    file_server.cuts_left["/m/big.bin"] = 1000  # the store keeps failing at that byte
+    # One request at a time, so what is on disk when the run gives up is exactly parts 0-1 + a bit.
+    flaky = TransferConfig(
+        concurrency=1, part_size_bytes=PART, min_ranged_bytes=2 * PART, attempts=2, backoff_s=0.01
+    )
+    with pytest.raises(TransientError) as err:
+        await materialize(f"{file_server.url}/m/", tmp_path / "d", cache, flaky)
+    assert f"{file_server.url}/m/" in str(err.value)
+    assert cache.entries() == []  # nothing that looks complete
+    assert not (tmp_path / "d" / "big.bin").exists()
+    stem = hashlib.sha256(b"big.bin").hexdigest()[:24]
+    (journal,) = (cache.root / "staging").rglob(f"{stem}.json")
+    assert json.loads(journal.read_text())["done"] == [[0, cut]]
+
+    file_server.cuts_left.clear()
+    first_run = len(file_server.log)
+    await materialize(f"{file_server.url}/m/", tmp_path / "d", cache, flaky)
+    assert_same(file_server.files, "/m/", tmp_path / "d")
+    again = [s for s in file_server.log[first_run:] if s.method == "GET" and s.path == "/m/big.bin"]
+    assert again[0].start == cut  # the cut part resumes where it stopped
+    assert min(s.start for s in again) == cut  # nothing before the cut is fetched again
+    assert sum(s.end - s.start for s in again) == big - cut
+    assert list((cache.root / "staging").rglob("*")) == []
+
+
+async def test_corrupted_bytes_fail_and_leave_no_entry(
+    file_server: FileServer, cache: NodeCache, tmp_path: Path
+) -> None:
+    file_server.files = {"/f/weights.bin": os.urandom(700 * KiB)}
+    file_server.digests = True
+    file_server.corrupt.add("/f/weights.bin")
+    with pytest.raises(IntegrityError, match="sha256 mismatch"):
+        await materialize(f"{file_server.url}/f/weights.bin", tmp_path / "d", cache, FAST)
+    assert cache.entries() == []
+    assert [p for p in cache.root.rglob("*") if p.is_file() and p.suffix != ".lock"] == []
+    assert not (tmp_path / "d" / "weights.bin").exists()
+
+    file_server.corrupt.clear()  # the store is fixed: the same URI now succeeds and verifies
+    result = await materialize(f"{file_server.url}/f/weights.bin", tmp_path / "d", cache, FAST)
+    assert (tmp_path / "d" / "weights.bin").read_bytes() == file_server.files["/f/weights.bin"]
+    assert not result.cache_hit
+
+
+@pytest.mark.parametrize(
+    ("status", "cause"), [(404, "not found"), (403, "access denied"), (401, "access denied")]
+)
+async def test_http_errors_are_one_line_with_the_uri(
+    file_server: FileServer, tmp_path: Path, status: int, cause: str
+) -> None:
+    from storage_servers import acli
+
+    file_server.files = {"/f/a.bin": b"x"}
+    file_server.status["/f/a.bin"] = status
+    uri = f"{file_server.url}/f/a.bin"
+    code, out = await acli("storage-init", uri, str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c"))
+    assert code == 1
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and uri in lines[0] and cause in lines[0] and str(status) in lines[0]
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize(
+    "uri", ["ftp://host/x", "not-a-uri", "s3://", "hf://bad repo name", "file://relative"]
+)
+def test_bad_uri_exits_2(tmp_path: Path, uri: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = storage_init_main([uri, str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert uri in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_bad_uri_exits_2_as_a_process(tmp_path: Path) -> None:
+    proc = cli("storage-init", "gopher://x/y", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c"))
+    assert proc.returncode == 2 and "gopher://x/y: unsupported scheme" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+async def test_disk_full_is_reported_before_writing(file_server: FileServer, tmp_path: Path) -> None:
+    from storage_servers import acli
+
+    file_server.files = {"/m/huge.bin": b"x"}
+    file_server.sizes["/m/huge.bin"] = 1 << 60  # the listing claims an exabyte
+    code, out = await acli(
+        "storage-init", f"{file_server.url}/m/", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c")
+    )
+    assert code == 1
+    assert "not enough disk space" in out and "Traceback" not in out
+    assert not [s for s in file_server.log if s.path == "/m/huge.bin"]
+
+
+async def test_single_file_with_digest_and_no_cache(file_server: FileServer, tmp_path: Path) -> None:
+    file_server.files = {"/f/w.bin": os.urandom(1200 * KiB)}
+    file_server.digests = True
+    result = await materialize(f"{file_server.url}/f/w.bin", tmp_path / "d", None, FAST)
+    assert (tmp_path / "d" / "w.bin").read_bytes() == file_server.files["/f/w.bin"]
+    assert result.bytes == 1200 * KiB and not result.cache_hit
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # the scratch cache is gone
+
+
+async def test_two_concurrent_inits_download_once(file_server: FileServer, tmp_path: Path) -> None:
+    import asyncio
+
+    from storage_servers import MiB, acli
+
+    file_server.files = model_files()
+    file_server.chunk_delay_s = 0.01  # long enough that the two processes overlap
+    uri = f"{file_server.url}/m/"
+    args = ("--cache-dir", str(tmp_path / "cache"), "--part-size-mib", "1")
+    (c1, o1), (c2, o2) = await asyncio.gather(
+        acli("storage-init", uri, str(tmp_path / "a"), *args),
+        acli("storage-init", uri, str(tmp_path / "b"), *args),
+    )
+    assert (c1, c2) == (0, 0), o1 + o2
+    assert_same(file_server.files, "/m/", tmp_path / "a")
+    assert_same(file_server.files, "/m/", tmp_path / "b")
+    big = len(file_server.files["/m/big.bin"])
+    assert len(file_server.gets("/m/big.bin")) == -(-big // MiB)
+    for path in file_server.files:
+        if path != "/m/big.bin" and file_server.files[path]:
+            assert len(file_server.gets(path)) == 1, path
+    assert sorted(["cache=hit" in o1, "cache=hit" in o2]) == [False, True]
