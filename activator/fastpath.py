@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 PAUSE_BUFFERED_BYTES = 1 << 20   # stop reading a client holding this much unsent body
 PIPELINE_DEPTH = 16              # requests parsed ahead of the one being served
 ROUTE_CACHE_SIZE = 4096
+LINGER_S = 2.0                   # how long a closing connection swallows unread request bytes
 
 
 class FastPath:
@@ -140,6 +141,7 @@ class ClientConn(asyncio.Protocol):
         self.write_paused = False
         self.closed = False
         self.starting = False
+        self.lingering = False
         self.last_io_s = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
@@ -156,6 +158,8 @@ class ClientConn(asyncio.Protocol):
         self.timer = self.fp.loop.call_later(self.fp.client_keepalive_s, self._tick)
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return
         self.last_io_s = self.fp.loop.time()
         try:
             self.parser.feed_data(data)
@@ -174,6 +178,8 @@ class ClientConn(asyncio.Protocol):
         self.flow()
 
     def eof_received(self) -> bool | None:
+        if self.lingering and self.transport is not None:
+            self.transport.close()
         return False   # a client that stops sending is gone (as nginx treats it)
 
     def pause_writing(self) -> None:
@@ -268,16 +274,26 @@ class ClientConn(asyncio.Protocol):
             self.active = None
         self.up_blocked = False
         if close or self.fp.activator.closing:
-            self.close()
+            self.close(linger=not ex.body_done)
             return
         if not self.starting and self.pipeline:
             self._start_next()
         self.flow()
 
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.closed = True
-            self.transport.close()
+    def close(self, linger: bool = False) -> None:
+        if self.transport is None or self.closed:
+            return
+        self.closed = True
+        if linger and self.transport.can_write_eof():
+            # Closing with unread request bytes makes the kernel send a reset, which can destroy
+            # the response before the client reads it; so half-close, and swallow what is still
+            # coming for a moment (nginx's lingering close).
+            self.lingering = True
+            self.transport.write_eof()
+            self.transport.resume_reading()
+            self.fp.loop.call_later(LINGER_S, self.transport.close)
+            return
+        self.transport.close()
 
     def _start_next(self) -> None:
         self.starting = True

@@ -1,7 +1,8 @@
-"""The activator against real aiohttp upstream servers on 127.0.0.1.
+"""The activator against real aiohttp upstream servers on 127.0.0.1, on both data paths.
 
-The sink is a recorder (what the autoscaler would receive); endpoints are pushed into the
-activator's table the way a backend pushes them.
+Every behaviour test runs twice: through the aiohttp app (`build_app`) and through the fast path
+(`FastPath`, raw protocols). The sink is a recorder (what the autoscaler would receive); endpoints
+are pushed into the activator's table the way a backend pushes them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from activator.app import Activator, build_app
+from activator.fastpath import FastPath
 from autoscaler.aggregation import StatSample
 from autoscaler.backends.base import Endpoint, EndpointSet
 from tests.conftest import free_port
@@ -109,8 +111,9 @@ async def _serve(app: web.Application, **kw: object) -> tuple[web.AppRunner, int
     return runner, port
 
 
-@pytest.fixture
-async def stack(registry: CollectorRegistry) -> AsyncIterator[dict[str, object]]:
+@pytest.fixture(params=["aiohttp", "fast"])
+async def stack(request: pytest.FixtureRequest,
+                registry: CollectorRegistry) -> AsyncIterator[dict[str, object]]:
     ups = [Upstream("a"), Upstream("b")]
     runners = []
     ports = []
@@ -121,12 +124,22 @@ async def stack(registry: CollectorRegistry) -> AsyncIterator[dict[str, object]]
     sink = RecordingSink()
     activator = Activator(parse_specs(SPEC), sink, registry=registry, upstream_timeout_s=1.0,
                           report_period_s=0.05)
-    runner, port = await _serve(build_app(activator), handler_cancellation=True)
+    fast: FastPath | None = None
+    if request.param == "fast":
+        fast = FastPath(activator)
+        port = free_port()
+        await fast.start("127.0.0.1", port)
+    else:
+        runner, port = await _serve(build_app(activator), handler_cancellation=True)
     session = aiohttp.ClientSession(f"http://127.0.0.1:{port}")
     eps = [Endpoint(f"r{i}", "127.0.0.1", p) for i, p in enumerate(ports)]
-    yield {"activator": activator, "sink": sink, "client": session, "ups": ups, "eps": eps}
+    yield {"activator": activator, "sink": sink, "client": session, "ups": ups, "eps": eps,
+           "port": port}
     await session.close()
-    await runner.cleanup()
+    if fast is not None:
+        await fast.close()
+    else:
+        await runner.cleanup()
     for r in runners:
         await r.cleanup()
 
