@@ -27,13 +27,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy.typing as npt
+from runtime.server.datatypes import TensorSpec
 
-from runtime.server.tensors import TensorSpec
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
-Arrays = Mapping[str, npt.NDArray[Any]]
+    Arrays = Mapping[str, npt.NDArray[Any]]
+else:
+    Arrays = Mapping[str, Any]  # numpy is imported by the models that use it, not by the server
 
 __all__ = ["Arrays", "GenerationParams", "GenerativeModel", "Model", "ModelConfig", "TensorSpec"]
 

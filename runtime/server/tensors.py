@@ -8,14 +8,16 @@ Triton's binary tensor extension, as raw little-endian bytes after the JSON head
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from runtime.server.datatypes import INT_DATATYPES, TensorSpec, family
 from runtime.server.errors import BadRequest
+
+__all__ = ["DTYPES", "TensorSpec", "coerce", "decode_binary", "decode_json", "encode_output", "parse_input"]
 
 # Open Inference datatype -> numpy dtype (little-endian, as the binary extension requires).
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -34,55 +36,20 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "BYTES": np.dtype(np.object_),
 }
 
-_FLOATS = frozenset({"FP16", "FP32", "FP64"})
-_INTS = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
+_INTS = INT_DATATYPES
 
 
-def family(datatype: str) -> str:
-    """Datatypes a model input accepts interchangeably: any float for a float input, any int for an int."""
-    if datatype in _FLOATS:
-        return "float"
-    if datatype in _INTS:
-        return "int"
-    return datatype
-
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """One declared input or output of a model; -1 in ``shape`` is a free dimension."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        if self.datatype not in DTYPES:
-            raise ValueError(f"datatype {self.datatype!r} is not an Open Inference datatype")
-
-    def metadata(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
-
-    def check(self, datatype: str, shape: Sequence[int]) -> None:
-        if family(datatype) != family(self.datatype):
-            raise BadRequest(f"input {self.name}: datatype {datatype} given, model expects {self.datatype}")
-        if len(shape) != len(self.shape) or any(
-            want != -1 and got != want for got, want in zip(shape, self.shape, strict=True)
-        ):
-            raise BadRequest(
-                f"input {self.name}: shape {list(shape)} given, model expects {list(self.shape)}"
-            )
-
-    def coerce(self, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        """The array in the declared dtype (after :meth:`check`): a model gets what it declares.
-        Integers are range-checked first, since a cast would wrap silently."""
-        dtype = DTYPES[self.datatype]
-        if array.dtype == dtype:
-            return array
-        if family(self.datatype) == "int" and array.size:
-            info = np.iinfo(dtype)
-            if int(array.min()) < info.min or int(array.max()) > info.max:
-                raise BadRequest(f"input {self.name}: value out of range for {self.datatype}")
-        return array.astype(dtype)
+def coerce(spec: TensorSpec, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """The array in the declared dtype (after ``spec.check``): a model gets what it declares.
+    Integers are range-checked first, since a cast would wrap silently."""
+    dtype = DTYPES[spec.datatype]
+    if array.dtype == dtype:
+        return array
+    if family(spec.datatype) == "int" and array.size:
+        info = np.iinfo(dtype)
+        if int(array.min()) < info.min or int(array.max()) > info.max:
+            raise BadRequest(f"input {spec.name}: value out of range for {spec.datatype}")
+    return array.astype(dtype)
 
 
 def _flatten(data: Any) -> Iterator[Any]:

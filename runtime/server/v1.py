@@ -10,13 +10,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 from aiohttp import web
 
 from runtime.server.context import HOST, endpoint, json_response, read_json
 from runtime.server.errors import BadRequest, ServerError, status_of
 from runtime.server.host import ModelHost
-from runtime.server.tensors import decode_json, encode_output
 
 # OpenAI's model object has a creation time; a replica's is its process start.
 _CREATED = int(time.time())
@@ -61,6 +59,8 @@ def _shape_of(data: Any) -> tuple[int, ...]:
 
 
 def _instances_to_arrays(host: ModelHost, instances: list[Any]) -> dict[str, Any]:
+    from runtime.server.tensors import decode_json  # numpy only once tensors are in play
+
     specs = list(host.model.inputs)
     if not specs:
         raise BadRequest(f"model {host.name!r} declares no inputs")
@@ -96,6 +96,10 @@ async def predict(request: web.Request) -> web.Response:
     instances = body.get("instances", body.get("inputs"))
     if not isinstance(instances, list):
         raise BadRequest("request must have an 'instances' list")
+    import numpy as np
+
+    from runtime.server.tensors import encode_output
+
     results = await host.predict(_instances_to_arrays(host, instances))
     # v1 has one answer per instance: the model's first declared output (or its only one).
     names = [spec.name for spec in host.model.outputs] or list(results)

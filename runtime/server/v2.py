@@ -9,7 +9,6 @@ from aiohttp import web
 
 from runtime.server.context import HOST, endpoint, json_response, read_body, read_json
 from runtime.server.errors import BadRequest, ModelNotFound, ServerError, status_of
-from runtime.server.tensors import encode_output, parse_input
 
 SERVER_NAME = "zeroserve"
 SERVER_VERSION = "0.1.0"
@@ -94,6 +93,9 @@ async def _read_request(request: web.Request) -> tuple[Any, memoryview | None]:
 
 @endpoint("v2", render_error, inference=True)
 async def infer(request: web.Request) -> web.Response:
+    # numpy comes with the first tensor request (a model that uses tensors has imported it already).
+    from runtime.server import tensors
+
     host = request.app[HOST]
     _check_version(request)
     body, binary = await _read_request(request)
@@ -103,7 +105,7 @@ async def infer(request: web.Request) -> web.Response:
     arrays = {}
     offset = 0
     for tensor in body["inputs"]:
-        array, offset = parse_input(tensor, binary, offset)
+        array, offset = tensors.parse_input(tensor, binary, offset)
         name = tensor["name"]
         if name in arrays:
             raise BadRequest(f"input {name} given twice")
@@ -111,7 +113,7 @@ async def infer(request: web.Request) -> web.Response:
             if name not in declared:
                 raise BadRequest(f"unexpected input {name}; model inputs are {sorted(declared)}")
             declared[name].check(tensor["datatype"], array.shape)
-            array = declared[name].coerce(array)
+            array = tensors.coerce(declared[name], array)
         arrays[name] = array
     missing = sorted(set(declared) - set(arrays))
     if missing:
@@ -138,7 +140,7 @@ async def infer(request: web.Request) -> web.Response:
 
     outputs, blobs = [], []
     for name, as_binary in selected:
-        encoded, raw = encode_output(name, results[name], as_binary)
+        encoded, raw = tensors.encode_output(name, results[name], as_binary)
         outputs.append(encoded)
         blobs.append(raw)
     response: dict[str, Any] = {
