@@ -40,6 +40,12 @@ class Harness:
         obj = self.store.get(resource, ns, name)
         return None if obj is None else dict(obj)
 
+    def expire_all_watches(self) -> None:
+        """Compact history past every watcher's version and end all streams: each resume is a 410."""
+        self.store.create("v1/configmaps", NS, {"metadata": {"generateName": "bump-"}})
+        self.store.compact()
+        self.store.expire_watches()
+
     def pods(self, ns: str = NS) -> list[Obj]:
         return list(self.store.list("v1/pods", ns))
 

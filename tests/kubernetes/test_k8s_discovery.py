@@ -1,0 +1,115 @@
+"""The activator's cluster side: EndpointSlice discovery, load reports over HTTP, autoscaler outages."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from conftest import NS, Harness, eventually
+from fake_cluster import free_port
+from test_k8s_backend import IRIS, backend
+
+from activator.cluster import ActivatorConfig, ClusterActivator
+from activator.discovery import ApiServer, HttpLoadSink, slice_endpoints
+from autoscaler.aggregation import StatSample
+
+
+@contextlib.asynccontextmanager
+async def activator(k8s: Harness, autoscaler_url: str,
+                    token_file: Path | None = None) -> AsyncIterator[ClusterActivator]:
+    act = ClusterActivator(ActivatorConfig(namespace=NS, autoscaler_url=autoscaler_url,
+                                           api=ApiServer(k8s.emu.url, token="activator-1"),
+                                           token_file=token_file, host="127.0.0.1", port=0,
+                                           drain_grace_s=1.0, watch_timeout_s=5))
+    await act.start()
+    try:
+        yield act
+    finally:
+        await act.stop()
+
+
+async def test_endpoint_slices_feed_the_table_and_survive_410(k8s: Harness) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # no autoscaler at all
+    async with backend(k8s) as b, activator(k8s, dead) as act:
+        k8s.apply_model("iris", {**IRIS, "scaling": {"initialScale": 0}})
+        await eventually(lambda: "iris" in act.activator.services, what="the model to be routed")
+        assert act.table.get("iris").ready == ()
+        await b.scale("iris", 1)
+        eps = await eventually(lambda: act.table.get("iris").ready, what="a ready endpoint")
+        assert eps[0].port == b.endpoints("iris").ready[0].port
+        assert act.discovery is not None
+        lists = act.discovery.slices.lists
+        k8s.expire_all_watches()
+        await eventually(lambda: act.discovery.slices.lists > lists, what="a re-list after 410")  # type: ignore[union-attr]
+        await b.scale("iris", 0)
+        await eventually(lambda: act.table.get("iris").ready == (), what="the endpoint to go")
+        # Nothing the activator did needed a write: its Role has none.
+        assert [w for w in k8s.emu.writes if w.identity == "activator-1"] == []
+
+
+async def test_warm_traffic_is_served_while_the_autoscaler_is_down(k8s: Harness) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with backend(k8s) as b, activator(k8s, dead) as act:
+        k8s.apply_model("iris", IRIS)
+        await eventually(lambda: act.table.get("iris").ready, what="a ready endpoint")
+        async with aiohttp.ClientSession() as s:
+            for _ in range(5):
+                async with s.post(f"http://127.0.0.1:{act.port}/v2/models/iris/infer",
+                                  json={"inputs": []}) as r:
+                    assert r.status == 200, await r.text()
+        await eventually(lambda: act.sink.failures > 0, what="a failed report")
+        assert b.ready_replicas("iris") == 1
+
+
+def test_slice_endpoints_skip_not_ready_and_terminating() -> None:
+    def ep(ip: str, **cond: bool) -> dict[str, Any]:
+        return {"addresses": [ip], "conditions": cond, "targetRef": {"name": f"pod-{ip}"}}
+
+    slices = [{"ports": [{"name": "http", "port": 8080}],
+               "endpoints": [ep("10.0.0.1", ready=True), ep("10.0.0.2", ready=False),
+                             ep("10.0.0.3", ready=True, terminating=True), ep("10.0.0.4")]}]
+    assert [e.host for e in slice_endpoints(slices)] == ["10.0.0.1", "10.0.0.4"]
+
+
+async def test_sink_follows_the_redirect_to_the_leader_with_its_token(tmp_path: Path) -> None:
+    got: list[tuple[str, str, Any]] = []
+
+    async def leader(request: web.Request) -> web.Response:
+        got.append((request.path, request.headers.get("Authorization", ""), await request.json()))
+        return web.json_response({})
+
+    lapp = web.Application()
+    lapp.router.add_post("/v1/{what}", leader)
+    lrun = web.AppRunner(lapp)
+    await lrun.setup()
+    await web.TCPSite(lrun, "127.0.0.1", 0).start()
+    leader_url = f"http://127.0.0.1:{lrun.addresses[0][1]}"
+
+    async def follower(request: web.Request) -> web.Response:
+        return web.Response(status=307, headers={"Location": leader_url + request.path})
+
+    fapp = web.Application()
+    fapp.router.add_post("/v1/{what}", follower)
+    frun = web.AppRunner(fapp)
+    await frun.setup()
+    await web.TCPSite(frun, "127.0.0.1", 0).start()
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    sink = HttpLoadSink(f"http://127.0.0.1:{frun.addresses[0][1]}", token)
+    async with aiohttp.ClientSession() as session:
+        task = __import__("asyncio").create_task(sink.run(session))
+        sink.report([StatSample("iris", "a1", at=5.0, avg_concurrency=2.0, requests=3.0)])
+        sink.poke("iris")
+        await eventually(lambda: len(got) == 2)
+        task.cancel()
+    await lrun.cleanup()
+    await frun.cleanup()
+    assert sink.leader_url == leader_url
+    assert [g[0] for g in got] == ["/v1/stats", "/v1/poke"]
+    assert all(g[1] == "Bearer s3cret" for g in got)
+    assert got[0][2]["samples"][0]["avg_concurrency"] == 2.0
+    assert got[1][2] == {"models": ["iris"]}
