@@ -242,3 +242,17 @@ def test_training_script_reproduces_the_shipped_weights(tmp_path: Path) -> None:
     with np.load(out) as new, np.load(REPO / "examples" / "iris" / "iris.npz") as shipped:
         for key in ("mean", "scale", "weights", "bias"):
             np.testing.assert_allclose(new[key], shipped[key], rtol=1e-5)
+
+
+def test_coldstart_tool_reports_ordered_phases(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from runtime.server.coldstart import main
+
+    assert main(["--model", "iris", "--runs", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    run = result["models"]["iris"]["all"][0]
+    assert 0 < run["imports_s"] <= run["listening_s"] <= run["ready_s"]
+    # process start comes from /proc in 10 ms ticks, so it may read up to a tick before the spawn
+    assert run["spawn_to_process_s"] > -0.011
+    assert run["ready_s"] <= run["spawn_to_ready_seen_s"] + 0.011 <= run["spawn_to_first_answer_s"] + 0.011
