@@ -178,17 +178,14 @@ class WarmPool:
             model = self.host.model
             assert isinstance(model, HFModel) and model.loaded is not None
             name, model_dir = model.name, model.model_dir
-            parked = False
             started = time.perf_counter()
-            if park:
-                if name in self.lot:
-                    parked = self.lot.get(name) is not None   # loaded from parked: the copy is still there
-                else:
-                    tensors = await asyncio.to_thread(to_host, model.loaded.tensors)
-                    parked = self.lot.park(name, tensors)
-                if parked:
+            # A model loaded from parked weights still has them parked: nothing to copy back.
+            if park and name not in self.lot:
+                tensors = await asyncio.to_thread(to_host, model.loaded.tensors)
+                if self.lot.park(name, tensors):
                     self._parked_dirs[name] = _ParkedSource(str(model_dir))
             self._parked_dirs = {k: v for k, v in self._parked_dirs.items() if k in self.lot}
+            parked = name in self.lot
             model.unload()
             self._reset()
             return {"model_name": name, "parked": parked, "drained": drained,

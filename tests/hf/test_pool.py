@@ -1,0 +1,133 @@
+"""A warm pool process (a real subprocess) takes a model via /pool/load: a cold start without the
+process start, then a scale to zero that parks the weights and a second start from parked memory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("openai")
+
+import openai
+
+from runtime import pool
+from tests.conftest import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+POOL_COMMAND = [sys.executable, "-m", "runtime.pool"]
+
+
+@pytest.fixture(scope="module")
+def pool_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """One pool process for the module (its warm-up is the slow part); each test leaves it idle."""
+    tmp_path = tmp_path_factory.mktemp("pool")
+    port = free_port()
+    log = (tmp_path / "pool.log").open("wb")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen([*POOL_COMMAND, "--port", str(port), "--park-budget-bytes", str(10 << 20)],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        print((tmp_path / "pool.log").read_text()[-3000:])
+
+
+async def _http_status(port: int, path: str) -> int:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}{path}") as r:
+        return r.status
+
+
+async def _first_streamed_token(port: int) -> str:
+    async with openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0) as c:
+        stream = await c.completions.create(model="tiny", prompt="cold", max_tokens=4, temperature=0,
+                                            stream=True)
+        text = ""
+        async for chunk in stream:
+            text += "".join(ch.text for ch in chunk.choices)
+        return text
+
+
+async def test_cold_start_through_the_pool_then_parked(pool_port: int, tiny_llama: Path) -> None:
+    port = pool_port
+    # Liveness answers while the process is still importing torch.
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        try:
+            assert await _http_status(port, "/v2/health/live") == 200
+            break
+        except aiohttp.ClientError:
+            assert asyncio.get_running_loop().time() < deadline, "pool process never listened"
+            await asyncio.sleep(0.05)
+    st = await pool.wait_ready("127.0.0.1", port, timeout_s=60)
+    assert st.state == "idle", st.raw
+    assert st.raw["warm_s"] > 0 and st.rss_bytes > 0
+    assert await _http_status(port, "/v2/health/ready") == 503       # no model yet
+    assert "tiny" not in st.parked
+
+    first = await pool.load("127.0.0.1", port, tiny_llama, "tiny")
+    assert first.source == "disk" and first.bytes_loaded > 0
+    assert first.load_s > 0 and set(first.phases_s) >= {"read", "build", "install", "load"}
+    assert await _http_status(port, "/v2/health/ready") == 200
+    text = await _first_streamed_token(port)
+    st = await pool.status("127.0.0.1", port)
+    assert st.state == "serving" and st.model_name == "tiny"
+    assert st.raw["last_load"]["first_token_s"] > 0
+
+    with pytest.raises(pool.PoolError) as busy:                        # one model per process
+        await pool.load("127.0.0.1", port, tiny_llama, "tiny")
+    assert busy.value.status == 409
+
+    unloaded = await pool.unload("127.0.0.1", port, park=True)
+    assert unloaded["parked"] is True
+    st = await pool.status("127.0.0.1", port)
+    assert st.state == "idle" and st.parked == ("tiny",)
+    assert 0 < st.raw["park"]["used_bytes"] <= st.raw["park"]["budget_bytes"]
+    assert await _http_status(port, "/v2/health/ready") == 503
+    assert pool.choose({"p1": st}, "tiny") == "p1"
+
+    second = await pool.load("127.0.0.1", port, tiny_llama, "tiny")
+    assert second.source == "parked" and second.bytes_loaded == first.bytes_loaded
+    assert await _first_streamed_token(port) == text                   # same weights, same greedy text
+    assert (await pool.unload("127.0.0.1", port, park=False))["parked"] is True   # still parked
+
+
+async def test_bad_requests_leave_the_process_usable(pool_port: int, tmp_path: Path) -> None:
+    await pool.wait_ready("127.0.0.1", pool_port, timeout_s=60)
+    with pytest.raises(pool.PoolError) as missing:
+        await pool.load("127.0.0.1", pool_port, tmp_path / "nope", "x")
+    assert missing.value.status == 404
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(pool.PoolError) as broken:
+        await pool.load("127.0.0.1", pool_port, empty, "x")
+    assert broken.value.status == 500
+    with pytest.raises(pool.PoolError) as nothing:
+        await pool.unload("127.0.0.1", pool_port, park=False)
+    assert nothing.value.status == 409
+    assert (await pool.status("127.0.0.1", pool_port)).state == "idle"
+
+
+def test_choose_prefers_parked_then_empty_idle() -> None:
+    def st(state: str, parked: tuple[str, ...] = ()) -> pool.PoolStatus:
+        return pool.PoolStatus(state, None, parked, 0, {})
+
+    statuses = {"a": st("serving"), "b": st("idle", ("other",)), "c": st("idle"), "d": st("idle", ("m",))}
+    assert pool.choose(statuses, "m") == "d"
+    assert pool.choose(statuses, "n") == "c"
+    assert pool.choose({"b": st("idle", ("other",))}, "n") == "b"
+    assert pool.choose({"a": st("warming")}, "n") is None
