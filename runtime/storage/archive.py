@@ -54,7 +54,8 @@ def extract(uri: str, archive: Path, dest: Path) -> None:
                     name = info.filename
                     if not _inside(name):
                         raise IntegrityError(uri, f"unsafe archive: member {name!r} escapes the destination")
-                    if stat.S_ISLNK(mode) or (mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+                    kind = stat.S_IFMT(mode)  # 0 when the writer recorded no file type (plain file)
+                    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                         raise IntegrityError(uri, f"unsafe archive: {name!r} is a link or special file")
                 zf.extractall(dest)
             return

@@ -30,16 +30,6 @@ def _setup_logging() -> None:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=fmt)
 
 
-def _run(coro_factory: object) -> None:
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # uvloop is optional (not on Windows)
-        pass
-    asyncio.run(coro_factory)  # type: ignore[arg-type]
-
-
 def storage_init_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="zeroserve storage-init",
@@ -75,7 +65,8 @@ def storage_init_main(argv: list[str]) -> int:
         async def go() -> None:
             result_box.append(await materialize(args.src_uri, args.dest_dir, cache, config))
 
-        _run(go())
+        # Plain asyncio: uvloop measured no faster here and cost more CPU per byte.
+        asyncio.run(go())
     except StorageError as err:
         print(f"storage-init: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -66,20 +66,22 @@ class ObjectStoreSource:
 
     def _map_error(self, err: Exception, what: str) -> StorageError:
         exc = self._obs.exceptions
-        if isinstance(err, exc.NotFoundError):
+        # obstore raises FileNotFoundError/PermissionError subclasses; messages run to many lines.
+        first_line = (str(err).splitlines() or [type(err).__name__])[0]
+        if isinstance(err, exc.NotFoundError | FileNotFoundError):
             return NotFoundError(self.uri.raw, f"not found ({what})")
-        if isinstance(err, exc.PermissionDeniedError | exc.UnauthenticatedError):
+        if isinstance(err, exc.PermissionDeniedError | exc.UnauthenticatedError | PermissionError):
             return AccessDeniedError(self.uri.raw, f"access denied ({what}); check credentials")
-        if isinstance(err, exc.BaseError):
-            return TransientError(self.uri.raw, f"{what}: {str(err).splitlines()[0] if str(err) else err}")
-        return StorageError(self.uri.raw, f"{what}: {type(err).__name__}: {err}")
+        if isinstance(err, exc.BaseError | ConnectionError | TimeoutError):
+            return TransientError(self.uri.raw, f"{what}: {first_line}")
+        return StorageError(self.uri.raw, f"{what}: {type(err).__name__}: {first_line}")
 
     async def listing(self) -> Listing:
         key = self.uri.key.strip("/")
         if key and not self.uri.key.endswith("/"):
             try:
                 meta = await self._obs.head_async(self._store, key)
-            except self._obs.exceptions.NotFoundError:
+            except (self._obs.exceptions.NotFoundError, FileNotFoundError):
                 meta = None
             except Exception as err:
                 raise self._map_error(err, "head") from err
