@@ -127,7 +127,16 @@ def run_curl(files: list[Path], model: Path, url: str, out: Path) -> float:
 
 def run_zeroserve(uri: str, dest: Path, cache_dir: Path, env: dict[str, str] | None = None) -> float:
     started = time.monotonic()
-    cmd = [sys.executable, "-m", "runtime.storage.cli", "storage-init", uri, str(dest), "--cache-dir", str(cache_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "runtime.storage.cli",
+        "storage-init",
+        uri,
+        str(dest),
+        "--cache-dir",
+        str(cache_dir),
+    ]
     subprocess.run(cmd, check=True, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
     return time.monotonic() - started
 
@@ -149,10 +158,20 @@ def s3_pass(base: Path, model: Path, files: list[Path]) -> dict[str, object]:
     try:
         wait_port(port)
         endpoint = f"http://127.0.0.1:{port}"
-        env = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
-                   AWS_ENDPOINT_URL=endpoint)
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="bench", aws_secret_access_key="bench")
+        env = dict(
+            os.environ,
+            AWS_ACCESS_KEY_ID="bench",
+            AWS_SECRET_ACCESS_KEY="bench",
+            AWS_REGION="us-east-1",
+            AWS_ENDPOINT_URL=endpoint,
+        )
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )
         s3.create_bucket(Bucket="models")
         subset = [p for p in files if p.stat().st_size < MiB][:40]
         big = base / "s3-big.bin"
@@ -169,7 +188,12 @@ def s3_pass(base: Path, model: Path, files: list[Path]) -> dict[str, object]:
         nbytes = sum(p.stat().st_size for p in uploaded)
         seconds = run_zeroserve("s3://models/model", base / "s3-dest", base / "s3-cache", env)
         ok = same_tree(subset_root, base / "s3-dest", uploaded)
-        return {"s3_ok": ok, "s3_bytes": nbytes, "s3_files": len(uploaded), "s3_MBps": round(nbytes / seconds / 1e6, 1)}
+        return {
+            "s3_ok": ok,
+            "s3_bytes": nbytes,
+            "s3_files": len(uploaded),
+            "s3_MBps": round(nbytes / seconds / 1e6, 1),
+        }
     finally:
         moto.terminate()
         moto.wait(timeout=10)
@@ -178,7 +202,7 @@ def s3_pass(base: Path, model: Path, files: list[Path]) -> dict[str, object]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gib", type=float, default=2.0, help="model size (default 2 GiB)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating curl/zeroserve rounds (best of)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating curl/zeroserve rounds (best of)")
     args = parser.parse_args()
     total = int(args.gib * (1 << 30))
     base = Path(tempfile.mkdtemp(prefix="zs-bench-storage-", dir=os.environ.get("TMPDIR", "/tmp")))
@@ -198,11 +222,13 @@ def main() -> int:
         zs_s: list[float] = []
         for r in range(args.rounds):
             out = base / f"curl-{r}"
+            os.sync()  # start each timed copy with no dirty pages from the previous one
             curl_s.append(run_curl(files, model, url, out))
             say(f"round {r}: curl {nbytes / curl_s[-1] / 1e6:.0f} MB/s")
             shutil.rmtree(out)
             cache = base / f"cache-{r}"
             dest = base / f"zs-{r}"
+            os.sync()
             zs_s.append(run_zeroserve(url, dest, cache))
             say(f"round {r}: zeroserve {nbytes / zs_s[-1] / 1e6:.0f} MB/s")
             if r == 0:

@@ -34,7 +34,11 @@ def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.
     return m
 
 
-GOOD = [member("model/", tarfile.DIRTYPE), member("model/weights.bin"), member("model/link", tarfile.SYMTYPE, "weights.bin")]
+GOOD = [
+    member("model/", tarfile.DIRTYPE),
+    member("model/weights.bin"),
+    member("model/link", tarfile.SYMTYPE, "weights.bin"),
+]
 EVIL = {
     "dotdot": [member("ok.txt"), member("../escaped.txt")],
     "absolute": [member("/tmp/zs-absolute-escape.txt")],

@@ -1,0 +1,150 @@
+"""The node cache: LRU eviction under a budget, locks that keep eviction off entries in use,
+`zeroserve cache ls|rm|prune`, prefetch, the offline fallback, cross-device links, metrics."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from runtime.storage import NodeCache, TransientError, materialize, prefetch
+from runtime.storage.cache import parse_bytes
+from runtime.storage.cli import cache_main
+from runtime.storage.progress import Progress, report_progress
+from storage_servers import FAST, FileServer, KiB, model_files
+
+
+def put_entry(cache: NodeCache, uri: str, nbytes: int, used_s: float) -> str:
+    key = cache.key_for(uri, "v1")
+    data = cache.root / "tmp-data"
+    data.mkdir(parents=True)
+    (data / "blob").write_bytes(b"x" * nbytes)
+    cache.publish(key, data, uri, "v1")
+    os.utime(cache.entry_dir(key) / "last_used", (used_s, used_s))
+    return key
+
+
+def test_prune_evicts_least_recently_used_first(cache: NodeCache) -> None:
+    now = time.time()
+    old = put_entry(cache, "s3://b/old", 4 * KiB, now - 300)
+    mid = put_entry(cache, "s3://b/mid", 4 * KiB, now - 200)
+    new = put_entry(cache, "s3://b/new", 4 * KiB, now - 100)
+    removed = cache.prune(budget_bytes=9 * KiB)
+    assert [e.key for e in removed] == [old]
+    assert {e.key for e in cache.entries()} == {mid, new}
+    assert cache.prune(budget_bytes=0, keep=frozenset({new})) != []
+    assert [e.key for e in cache.entries()] == [new]
+
+
+async def test_entry_in_use_is_not_evicted(cache: NodeCache) -> None:
+    key = put_entry(cache, "s3://b/busy", 4 * KiB, time.time() - 1000)
+    async with cache.lock(key, shared=True):  # a replica is linking from it right now
+        assert cache.prune(budget_bytes=0) == []
+        assert cache.lookup(key) is not None
+    assert [e.key for e in cache.prune(budget_bytes=0)] == [key]
+    assert cache.lookup(key) is None
+
+
+def test_cache_cli_ls_rm_prune(cache: NodeCache, capsys: pytest.CaptureFixture[str]) -> None:
+    now = time.time()
+    a = put_entry(cache, "http://h/a.bin", 2 * KiB, now - 50)
+    put_entry(cache, "http://h/b.bin", 3 * KiB, now - 10)
+    root = ["--cache-dir", str(cache.root)]
+    assert cache_main([*root, "ls", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["uri"], r["bytes"]) for r in rows] == [
+        ("http://h/a.bin", 2 * KiB),
+        ("http://h/b.bin", 3 * KiB),
+    ]
+    assert cache_main([*root, "ls"]) == 0
+    assert "2 entries" in capsys.readouterr().out
+    assert cache_main([*root, "rm", a]) == 0 and cache.lookup(a) is None
+    assert cache_main([*root, "rm", "http://h/nope"]) == 1
+    assert "no such entry" in capsys.readouterr().err
+    assert cache_main([*root, "prune", "--budget", "1K"]) == 0
+    assert "evicted 1 entries" in capsys.readouterr().out and cache.entries() == []
+    assert cache_main([*root, "prune", "--budget", "lots"]) == 2
+
+
+def test_default_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ZEROSERVE_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.setenv("ZEROSERVE_CACHE_BYTES", "50G")
+    assert NodeCache.default() == NodeCache(tmp_path / "c", 50 << 30)
+    monkeypatch.delenv("ZEROSERVE_CACHE_DIR")
+    monkeypatch.delenv("ZEROSERVE_CACHE_BYTES")
+    assert NodeCache.default().root == Path.home() / ".cache" / "zeroserve"
+    assert [parse_bytes(t) for t in ("512Mi", "1.5G", "1024", "2kb")] == [512 << 20, 3 << 29, 1024, 2048]
+
+
+async def test_prefetch_then_cold_start_is_a_hit(
+    file_server: FileServer, cache: NodeCache, tmp_path: Path
+) -> None:
+    file_server.files = model_files()
+    entry = await prefetch(f"{file_server.url}/m/", cache, FAST)
+    assert (entry / "data" / "big.bin").read_bytes() == file_server.files["/m/big.bin"]
+    gets = len(file_server.log)
+    hit = await materialize(f"{file_server.url}/m/", tmp_path / "replica", cache, FAST)
+    assert hit.cache_hit and len(file_server.log) == gets
+    hit_bytes = REGISTRY.get_sample_value("zeroserve_storage_bytes_total", {"scheme": "http", "cache": "hit"})
+    miss_bytes = REGISTRY.get_sample_value(
+        "zeroserve_storage_bytes_total", {"scheme": "http", "cache": "miss"}
+    )
+    assert hit_bytes is not None and hit_bytes >= hit.bytes
+    assert miss_bytes is not None and miss_bytes >= hit.bytes
+    assert REGISTRY.get_sample_value("zeroserve_storage_download_seconds_count", {"scheme": "http"})
+
+
+async def test_store_down_falls_back_to_the_cached_copy(
+    file_server: FileServer, cache: NodeCache, tmp_path: Path
+) -> None:
+    file_server.files = model_files()
+    await prefetch(f"{file_server.url}/m/", cache, FAST)
+    file_server.status["/m/"] = 503  # the store is unreachable for listing
+    hit = await materialize(f"{file_server.url}/m/", tmp_path / "d", cache, FAST)
+    assert hit.cache_hit and (tmp_path / "d" / "config.json").exists()
+    with pytest.raises(TransientError, match="503"):  # no cached copy of another URI to fall back to
+        file_server.status["/other/"] = 503
+        await materialize(f"{file_server.url}/other/", tmp_path / "e", cache, FAST)
+
+
+async def test_cross_device_destination_gets_symlinks(
+    file_server: FileServer, cache: NodeCache, tmp_path: Path
+) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem to link across")
+    file_server.files = model_files()
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        result = await materialize(f"{file_server.url}/m/", Path(other) / "d", cache, FAST)
+        link = Path(other) / "d" / "big.bin"
+        assert link.is_symlink() and Path(os.readlink(link)).is_relative_to(cache.root)
+        assert link.read_bytes() == file_server.files["/m/big.bin"] and result.files == len(file_server.files)
+
+
+class FakeTerminal(io.StringIO):
+    """A terminal stand-in: progress is drawn only on a TTY."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_progress_line_on_a_terminal_only() -> None:
+    import asyncio
+
+    progress = Progress(total_bytes=4 << 20)
+    progress.add(1 << 20)
+    line = progress.line(progress.started_s + 1.0)
+    assert line.startswith("1.0 MiB / 4.0 MiB (25%) 1.0 MiB/s ETA 3s")
+    tty, pipe = FakeTerminal(), io.StringIO()
+    tasks = [asyncio.create_task(report_progress(progress, s, interval_s=0.01)) for s in (tty, pipe)]
+    await asyncio.sleep(0.05)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert "MiB / 4.0 MiB" in tty.getvalue() and pipe.getvalue() == ""
