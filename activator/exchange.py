@@ -297,6 +297,7 @@ class Exchange:
         if self.client.write_paused:
             conn.pause_reading(True)
         conn.send(self, b"".join(parts), self.method == b"HEAD")
+        self.client.flow()
 
     # --- ResponseListener -------------------------------------------------------------------
 

@@ -273,7 +273,7 @@ class ClientConn(asyncio.Protocol):
         if self.active is ex:
             self.active = None
         self.up_blocked = False
-        if close or self.fp.activator.closing:
+        if close:
             self.close(linger=not ex.body_done)
             return
         if not self.starting and self.pipeline:

@@ -105,7 +105,8 @@ def wrk(port: int, connections: int, seconds: int, threads: int = 2) -> dict[str
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     socket_errors = re.search(r"Socket errors: (.*)", text)
     if errors or socket_errors:
-        say(f"port {port}: {errors.group(0) if errors else ''} {socket_errors.group(0) if socket_errors else ''}")
+        found = [m.group(0) for m in (errors, socket_errors) if m is not None]
+        say(f"port {port}: {'; '.join(found)}")
     result["non2xx"] = float(errors.group(1)) if errors else 0.0
     return result
 
@@ -154,7 +155,9 @@ def main() -> int:
     listen 127.0.0.1:{backend} backlog=4096;
     location / {{ default_type application/json; return 200 '{BACKEND_BODY}'; }}
   }}"""))
-        procs.append(start_nginx(tmp, "proxy", f"""  upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; }}
+        procs.append(start_nginx(tmp, "proxy", f"""  upstream backend {{
+    server 127.0.0.1:{backend}; keepalive 128;
+  }}
   server {{
     listen 127.0.0.1:{ports['nginx']} backlog=4096;
     location / {{ proxy_pass http://backend; proxy_http_version 1.1;

@@ -1,0 +1,363 @@
+"""Fault behaviours of the fast path, against real upstreams: aiohttp servers, raw asyncio servers
+and a subprocess replica killed with SIGKILL. Clients are aiohttp or a raw socket where the test
+needs bytes on the wire (pipelining, chunked bodies, disconnects)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from activator.app import Activator
+from activator.fastpath import FastPath
+from autoscaler.backends.base import Endpoint, EndpointSet
+from tests.activator.test_proxy import RecordingSink, Upstream, _serve
+from tests.conftest import free_port
+from zeroserve.spec import parse_specs
+
+SPEC = """
+kind: ModelService
+metadata: {name: m}
+spec:
+  runtime: {model: iris}
+  queue: {maxQueued: 4, timeout: 3s, maxBodySize: 8Mi}
+---
+kind: ModelService
+metadata: {name: one}
+spec:
+  runtime: {model: iris}
+  scaling: {containerConcurrency: 1}
+"""
+
+# A replica as its own process, so it can die for real. /hang never answers; /partial sends half
+# a response and stalls; anything else gets a small 200.
+REPLICA = r"""
+import asyncio, sys
+async def handle(reader, writer):
+    while True:
+        head = await reader.readuntil(b"\r\n\r\n")
+        path = head.split(b" ")[1]
+        print(path.decode(), flush=True)
+        if path == b"/hang":
+            await asyncio.sleep(3600)
+        if path == b"/partial":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+            await asyncio.sleep(3600)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nsub")
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
+    print("ready", flush=True)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+class Stack:
+    def __init__(self, activator: Activator, fast: FastPath, port: int, ups: list[Upstream],
+                 eps: list[Endpoint], sink: RecordingSink) -> None:
+        self.activator = activator
+        self.fast = fast
+        self.port = port
+        self.ups = ups
+        self.eps = eps
+        self.sink = sink
+        self.url = f"http://127.0.0.1:{port}"
+
+    def publish(self, model: str, eps: list[Endpoint]) -> None:
+        version = self.activator.table.get(model).version + 1
+        self.activator.table.update(model, EndpointSet(model, tuple(eps), version=version))
+
+    async def raw(self, data: bytes, timeout_s: float = 5.0) -> bytes:
+        """Send bytes, read until the activator closes the connection."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(data)
+        try:
+            return await asyncio.wait_for(reader.read(), timeout_s)
+        finally:
+            writer.close()
+
+    def count(self, model: str, code: str) -> float:
+        value = self.activator.metrics.requests.labels(model, code)._value.get()
+        return float(value)
+
+
+@pytest.fixture
+async def stack(registry: CollectorRegistry) -> AsyncIterator[Stack]:
+    ups = [Upstream("a"), Upstream("b")]
+    runners = []
+    eps = []
+    for i, u in enumerate(ups):
+        r, p = await _serve(u.app(), handler_cancellation=True)
+        runners.append(r)
+        eps.append(Endpoint(f"r{i}", "127.0.0.1", p))
+    sink = RecordingSink()
+    activator = Activator(parse_specs(SPEC), sink, registry=registry, upstream_timeout_s=2.0,
+                          report_period_s=0.05)
+    fast = FastPath(activator)
+    port = free_port()
+    await fast.start("127.0.0.1", port)
+    yield Stack(activator, fast, port, ups, eps, sink)
+    await fast.close()
+    for r in runners:
+        await r.cleanup()
+
+
+@pytest.fixture
+async def replica(tmp_path: Path) -> AsyncIterator[tuple[subprocess.Popen[str], Endpoint]]:
+    script = tmp_path / "replica.py"
+    script.write_text(REPLICA)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(script), str(port)],  # noqa: ASYNC220
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert await asyncio.to_thread(proc.stdout.readline) == "ready\n"
+    yield proc, Endpoint("sub", "127.0.0.1", port)
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def _responses(raw: bytes) -> list[tuple[int, bytes]]:
+    """(status, body) of each Content-Length response in a byte stream."""
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        out.append((status, rest[:length]))
+        raw = rest[length:]
+    return out
+
+
+async def test_pipelined_requests_are_answered_in_order(stack: Stack) -> None:
+    stack.publish("m", stack.eps)
+    reqs = (b"GET /v1/models/m?i=0 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /v1/models/m:predict?i=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+            b"GET /v2/models/nope/infer HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /v1/models/m?i=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answers = _responses(await stack.raw(reqs))
+    assert [status for status, _ in answers] == [200, 200, 404, 200]
+    assert json.loads(answers[0][1])["path"] == "/v1/models/m?i=0"
+    assert json.loads(answers[1][1])["body"] == "hello"
+    assert b"nope" in answers[2][1]
+    assert json.loads(answers[3][1])["path"] == "/v1/models/m?i=3"
+
+
+async def test_chunked_request_body_is_forwarded(stack: Stack) -> None:
+    stack.publish("m", stack.eps[:1])
+    req = (b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+           b"Connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    [(status, body)] = _responses(await stack.raw(req))
+    assert status == 200
+    assert json.loads(body)["body"] == "hello world"
+
+
+async def test_large_body_streams_through(stack: Stack) -> None:
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(body=await request.read())
+
+    app = web.Application(client_max_size=64 << 20)
+    app.router.add_post("/{tail:.*}", echo)
+    runner, port = await _serve(app)
+    stack.publish("m", [Endpoint("big", "127.0.0.1", port)])
+    data = bytes(range(97, 123)) * (3 * 1024 * 1024 // 26)   # ~3 MiB, past the retry buffer
+    async with aiohttp.ClientSession() as client:
+        async with client.post(f"{stack.url}/v1/models/m:predict", data=data) as r:
+            assert r.status == 200
+            assert await r.read() == data
+
+        async def chunks() -> AsyncIterator[bytes]:   # no Content-Length: sent chunked
+            for i in range(0, len(data), 100_000):
+                yield data[i:i + 100_000]
+
+        async with client.post(f"{stack.url}/v1/models/m:predict", data=chunks()) as r:
+            assert r.status == 200
+            assert await r.read() == data
+    await runner.cleanup()
+
+
+async def test_refused_port_is_retried_on_another_replica(stack: Stack) -> None:
+    dead = Endpoint("dead", "127.0.0.1", free_port())   # nothing listens there
+    stack.publish("one", [dead, stack.eps[1]])          # capacity 1: the dead one is picked first
+    async with aiohttp.ClientSession() as client:
+        for _ in range(3):
+            async with client.post(f"{stack.url}/v1/models/one:predict", data=b"{}") as r:
+                assert r.status == 200
+                assert (await r.json())["replica"] == "b"
+    gate = stack.activator.gates["one"]
+    assert [r.url for r in gate.replicas] == [stack.eps[1].url]
+    assert stack.activator.metrics.retries.labels("one")._value.get() == 1
+
+
+async def test_replica_killed_before_answering_is_retried(
+        stack: Stack, replica: tuple[subprocess.Popen[str], Endpoint]) -> None:
+    proc, ep = replica
+    stack.publish("one", [ep, stack.eps[1]])
+    async with aiohttp.ClientSession() as client:
+        task = asyncio.create_task(client.get(f"{stack.url}/hang", headers={"Host": "one.default"}))
+        assert proc.stdout is not None
+        assert (await asyncio.to_thread(proc.stdout.readline)).strip() == "/hang"
+        proc.send_signal(signal.SIGKILL)
+        resp = await asyncio.wait_for(task, 5)
+        assert resp.status == 200
+        assert (await resp.json())["replica"] == "b"
+        resp.release()
+    assert stack.activator.tracker.models["one"].inflight == 0
+
+
+async def test_replica_killed_mid_response_cuts_the_stream_and_the_activator_survives(
+        stack: Stack, replica: tuple[subprocess.Popen[str], Endpoint]) -> None:
+    proc, ep = replica
+    stack.publish("one", [ep])
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{stack.url}/partial", headers={"Host": "one.default"}) as r:
+            assert r.status == 200
+            assert await r.content.readexactly(10) == b"x" * 10
+            proc.send_signal(signal.SIGKILL)
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await asyncio.wait_for(r.read(), 5)
+        stack.publish("one", [stack.eps[0]])
+        async with client.get(f"{stack.url}/after", headers={"Host": "one.default"}) as r:
+            assert r.status == 200
+    gate = stack.activator.gates["one"]
+    assert stack.activator.tracker.models["one"].inflight == 0
+    assert all(r.inflight == 0 for r in gate.replicas)
+
+
+async def test_client_disconnect_while_queued_frees_its_place(stack: Stack) -> None:
+    _, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(b"GET /v2/models/m/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.wait_for(stack.sink.poked.wait(), 2)
+    gate = stack.activator.gates["m"]
+    assert gate.queued == 1
+    writer.close()
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if gate.queued == 0:
+            break
+    assert gate.queued == 0
+    assert stack.activator.tracker.models["m"].inflight == 0
+    assert stack.count("m", "499") == 1
+    # The slot it would have had goes to the next request, not to the ghost.
+    stack.publish("m", stack.eps[:1])
+    async with aiohttp.ClientSession() as client, client.get(f"{stack.url}/v2/models/m/ready") as r:
+        assert r.status == 200
+
+
+async def test_stale_pooled_connection_is_not_blamed_on_the_replica(stack: Stack) -> None:
+    # Answers the first request on each connection, then closes on the next one unanswered: the
+    # race of a keep-alive connection the replica times out just as we reuse it.
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    stack.publish("m", [Endpoint("x", "127.0.0.1", port)])
+    async with aiohttp.ClientSession() as client:
+        for _ in range(3):
+            async with client.get(f"{stack.url}/v2/models/m/ready") as r:
+                assert r.status == 200
+                assert await r.read() == b"ok"
+    assert len(stack.activator.gates["m"].replicas) == 1
+    assert stack.activator.metrics.retries.labels("m")._value.get() == 0
+    server.close()
+    await server.wait_closed()
+
+
+async def test_slow_replica_gives_504_and_frees_the_slot(stack: Stack) -> None:
+    stack.ups[0].slow_s = 5
+    stack.publish("one", stack.eps[:1])
+    async with aiohttp.ClientSession() as client:
+        async with client.post(f"{stack.url}/v1/models/one:predict", data=b"{}") as r:
+            assert r.status == 504
+        stack.ups[0].slow_s = 0
+        async with client.post(f"{stack.url}/v1/models/one:predict", data=b"{}") as r:
+            assert r.status == 200
+    assert stack.count("one", "504") == 1
+
+
+async def test_head_then_get_on_one_connection(stack: Stack) -> None:
+    stack.publish("m", stack.eps[:1])
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as client:
+        async with client.head(f"{stack.url}/v1/models/m") as r:
+            assert r.status == 200
+        async with client.get(f"{stack.url}/v1/models/m") as r:
+            assert r.status == 200
+            assert (await r.json())["replica"] == "a"
+
+
+async def test_expect_continue(stack: Stack) -> None:
+    stack.publish("m", stack.eps[:1])
+    async with aiohttp.ClientSession() as client, \
+            client.post(f"{stack.url}/v1/models/m:predict", data=b"abc", expect100=True) as r:
+        assert r.status == 200
+        assert (await r.json())["body"] == "abc"
+
+
+async def test_drain_refuses_new_requests_and_finishes_those_in_flight(stack: Stack) -> None:
+    stack.ups[0].slow_s = 0.4
+    stack.publish("m", stack.eps[:1])
+    async with aiohttp.ClientSession() as client:
+        first = asyncio.create_task(client.post(f"{stack.url}/v1/models/m:predict", data=b"{}"))
+        await asyncio.wait_for(stack.ups[0].started.wait(), 2)
+        drain = asyncio.create_task(stack.fast.drain(5))
+        await asyncio.sleep(0.05)
+        async with client.get(f"{stack.url}/healthz") as r:
+            assert r.status == 503
+        async with client.post(f"{stack.url}/v1/models/m:predict", data=b"{}") as r:
+            assert r.status == 503 and "Retry-After" in r.headers
+        resp = await asyncio.wait_for(first, 3)
+        assert resp.status == 200
+        resp.release()
+        await asyncio.wait_for(drain, 3)
+
+
+async def test_metrics_and_load_are_counted(stack: Stack) -> None:
+    stack.publish("m", stack.eps[:1])
+    async with aiohttp.ClientSession() as client:
+        for _ in range(3):
+            async with client.get(f"{stack.url}/v2/models/m/ready") as r:
+                assert r.status == 200
+        async with client.get(f"{stack.url}/v2/models/zz/ready") as r:
+            assert r.status == 404
+    await asyncio.sleep(0.1)
+    assert stack.count("m", "200") == 3
+    assert stack.count("zz", "404") == 1
+    assert sum(s.requests for s in stack.sink.samples if s.model == "m") == 3
+
+
+async def test_upstream_response_is_passed_through_verbatim(stack: Stack) -> None:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"X-Odd": "a,b", "Content-Type": "text/plain"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for part in (b"one ", b"two ", b"three"):
+            await resp.write(part)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner, port = await _serve(app)
+    stack.publish("m", [Endpoint("c", "127.0.0.1", port)])
+    raw = await stack.raw(b"GET /v1/models/m HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert b"Transfer-Encoding: chunked\r\n" in raw and b"X-Odd: a,b\r\n" in raw
+    assert raw.endswith(b"4\r\none \r\n4\r\ntwo \r\n5\r\nthree\r\n0\r\n\r\n")
+    await runner.cleanup()
