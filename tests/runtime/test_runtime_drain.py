@@ -46,6 +46,7 @@ async def test_sigterm_lets_the_inflight_stream_finish(tmp_path: Path) -> None:
             late = {"model": "tiny-llm", "prompt": "late", "max_tokens": 2}
             async with other.post(server.url + "/v1/completions", json=late) as r:
                 assert r.status == 503
+                assert r.headers.get("Connection", "").lower() == "close"
                 assert (await r.json())["error"]["code"] == "draining"
         assert server.proc.poll() is None
 
