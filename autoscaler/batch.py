@@ -95,6 +95,16 @@ class BatchState:
         self.delay_last_index = np.full(n, NO_INDEX, dtype=np.int64)
         self.desired = np.zeros(n, dtype=np.int64)
 
+    def grown(self, capacity: int, delay_width: int) -> BatchState:
+        """A copy with room for `capacity` rows and delay windows of `delay_width` buckets."""
+        n, width = len(self.desired), self.delay_ring.shape[1]
+        out = BatchState(max(capacity, n), max(delay_width, width))
+        out.activity[:n], out.activity_since[:n] = self.activity, self.activity_since
+        out.initialized[:n], out.panic_since[:n] = self.initialized, self.panic_since
+        out.max_panic_pods[:n], out.desired[:n] = self.max_panic_pods, self.desired
+        out.delay_ring[:n, :width], out.delay_last_index[:n] = self.delay_ring, self.delay_last_index
+        return out
+
     @staticmethod
     def from_states(states: Sequence[PolicyState], config: BatchConfig) -> BatchState:
         width = int(config.delay_buckets.max()) if len(states) else 1
@@ -345,21 +355,25 @@ class _Rings:
         self.buckets[rows, slot] += value
         self.total[rows] += value
 
-    def average(self, now: float) -> FloatArray:
-        out = np.zeros(len(self.size), dtype=np.float64)
-        has = self.last != NO_INDEX
-        gap = np.where(has, np.int64(np.floor(now / BUCKET_S)) - self.last, 0)
-        filled = np.where(has, self.last - self.first + 1, 1)
+    def average(self, now: float, rows: IntArray | None = None) -> FloatArray:
+        """BucketWindow.average for every row, or for `rows` only (in that order)."""
+        if rows is None:
+            rows = np.arange(len(self.size), dtype=np.int64)
+        size, last, first, total_all = self.size[rows], self.last[rows], self.first[rows], self.total[rows]
+        out = np.zeros(len(rows), dtype=np.float64)
+        has = last != NO_INDEX
+        gap = np.where(has, np.int64(np.floor(now / BUCKET_S)) - last, 0)
+        filled = np.where(has, last - first + 1, 1)
         current = np.flatnonzero(has & (gap <= 0))
-        out[current] = round_averages(self.total[current] / np.minimum(filled[current], self.size[current]))
-        lagging = np.flatnonzero(has & (gap > 0) & (gap < self.size))
+        out[current] = round_averages(total_all[current] / np.minimum(filled[current], size[current]))
+        lagging = np.flatnonzero(has & (gap > 0) & (gap < size))
         if len(lagging):
-            total = self.total[lagging].copy()
-            g, last, size = gap[lagging], self.last[lagging], self.size[lagging]
+            total = total_all[lagging]
+            g, lag_last, lag_size, lag_rows = gap[lagging], last[lagging], size[lagging], rows[lagging]
             for k in range(int(g.max())):
                 m = k < g
-                total[m] -= self.buckets[lagging[m], (last[m] + 1 + k) % size[m]]
-            out[lagging] = round_averages(total / np.minimum(filled[lagging], size - g))
+                total[m] -= self.buckets[lag_rows[m], (lag_last[m] + 1 + k) % lag_size[m]]
+            out[lagging] = round_averages(total / np.minimum(filled[lagging], lag_size - g))
         return out
 
 
@@ -472,11 +486,13 @@ class BatchWindows:
         self.rps.record(rows, index, rate)
         self.panic_rps.record(rows, index, rate)
 
-    def observe(self, use_rps: BoolArray, now: float) -> tuple[FloatArray, FloatArray]:
-        """(stable, panic) averages per row of the row's metric at `now`."""
-        stable = self.concurrency.average(now)
-        panic = self.panic_concurrency.average(now)
+    def observe(
+        self, use_rps: BoolArray, now: float, rows: IntArray | None = None
+    ) -> tuple[FloatArray, FloatArray]:
+        """(stable, panic) averages of each row's metric at `now`; use_rps is per row of `rows`."""
+        stable = self.concurrency.average(now, rows)
+        panic = self.panic_concurrency.average(now, rows)
         if use_rps.any():
-            stable = np.where(use_rps, self.rps.average(now), stable)
-            panic = np.where(use_rps, self.panic_rps.average(now), panic)
+            stable = np.where(use_rps, self.rps.average(now, rows), stable)
+            panic = np.where(use_rps, self.panic_rps.average(now, rows), panic)
         return stable, panic

@@ -1,0 +1,532 @@
+"""The autoscaler: a tick every `tick_s` over all models, an immediate decision on a poke, and the
+single writer of replica counts.
+
+All KPA models are decided together by `autoscaler.batch` (numpy); a poke decides one model with the
+scalar `autoscaler.policy`, which the tests prove gives the same answers. Models whose spec names
+another policy ("histogram") get a per-model policy object from `POLICIES`.
+
+Only this class calls `backend.scale`, only when the decided count differs from what it last sent (or
+the backend reports a different target), and never two calls for one model at once. With no sample
+from any activator for `stale_after_s`, the windows are treated as "no data": nothing scales down on
+load figures nobody is refreshing; a poke still starts a model at zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from autoscaler import metrics
+from autoscaler.aggregation import StatSample
+from autoscaler.batch import BatchConfig, BatchState, BatchWindows, decide_batch
+from autoscaler.metrics import DecisionRow
+from autoscaler.policy import Observation, PolicyConfig, ScaleResult, decide, initial_state, resolve_target
+
+if TYPE_CHECKING:
+    from autoscaler.backends.base import Backend
+    from zeroserve.spec import ModelService, ScalingSpec
+
+log = logging.getLogger(__name__)
+
+STALE_AFTER_S = 10.0  # ten missed one-second reports from every activator
+RESYNC_S = 30.0  # how often the backend's own targets are compared with ours
+
+
+def policy_config_from_spec(scaling: ScalingSpec) -> PolicyConfig:
+    """The KPA configuration a model's `scaling:` section means."""
+    target_value, total_value = resolve_target(
+        scaling.metric, scaling.target, scaling.container_concurrency, scaling.target_utilization
+    )
+    return PolicyConfig(
+        target_value=target_value,
+        total_value=total_value,
+        metric=scaling.metric,
+        panic_threshold_percent=scaling.panic_threshold_percent,
+        stable_window_s=scaling.stable_window_s,
+        panic_window_percent=scaling.panic_window_percent,
+        max_scale_up_rate=scaling.max_scale_up_rate,
+        max_scale_down_rate=scaling.max_scale_down_rate,
+        scale_down_delay_s=scaling.scale_down_delay_s,
+        tick_s=scaling.tick_s,
+        min_scale=scaling.min_replicas,
+        max_scale=scaling.max_replicas,
+        initial_scale=scaling.initial_scale,
+        activation_scale=scaling.activation_scale,
+        scale_to_zero_grace_s=scaling.scale_to_zero_grace_s,
+        scale_to_zero_retention_s=scaling.scale_to_zero_retention_s,
+        target_burst_capacity=scaling.target_burst_capacity,
+    )
+
+
+class ModelPolicy(Protocol):
+    """A per-model policy other than the batched KPA; holds its own state."""
+
+    def decide(self, obs: Observation, now: float) -> ScaleResult: ...
+
+
+PolicyFactory = Callable[[PolicyConfig, int, float], ModelPolicy]  # (kpa config, ready, now)
+
+
+class HistogramPolicy:
+    """`autoscaler.histogram.decide` (same signature as policy.decide) behind the ModelPolicy hook."""
+
+    def __init__(self, config: PolicyConfig, ready: int, now: float) -> None:
+        from autoscaler import histogram  # imported only when a model asks for it
+
+        self._decide = histogram.decide
+        self.config = histogram.HistogramConfig(kpa=config)
+        self.state = histogram.HistogramState(kpa=initial_state(config, ready, now))
+
+    def decide(self, obs: Observation, now: float) -> ScaleResult:
+        result, self.state = self._decide(self.config, self.state, obs, now)
+        return result
+
+
+POLICIES: dict[str, PolicyFactory] = {"histogram": HistogramPolicy}
+
+
+@dataclass
+class _Model:
+    name: str
+    row: int
+    svc: ModelService
+    config: PolicyConfig
+    policy: ModelPolicy | None  # None: KPA, decided in the batch
+
+
+class _Rows:
+    """Per-row record of the last decision, for status(), metrics and the single-writer check."""
+
+    def __init__(self, n: int) -> None:
+        self.told = np.full(n, -1, dtype=np.int64)  # replicas last sent to backend.scale; -1 never
+        self.desired = np.full(n, -1, dtype=np.int64)  # last valid decision
+        self.ready = np.zeros(n, dtype=np.int64)
+        self.stable = np.full(n, np.nan)
+        self.panic_value = np.full(n, np.nan)
+        self.ebc = np.zeros(n, dtype=np.int64)
+        self.panic = np.zeros(n, dtype=np.bool_)
+        self.valid = np.zeros(n, dtype=np.bool_)
+        self.decided_at = np.full(n, np.nan)
+
+    def grown(self, capacity: int) -> _Rows:
+        out = _Rows(capacity)
+        for name, array in vars(self).items():
+            getattr(out, name)[: len(array)] = array
+        return out
+
+    def clear(self, row: int) -> None:
+        fresh = _Rows(1)
+        for name, array in vars(self).items():
+            array[row] = getattr(fresh, name)[0]
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        tick_s: float = 2.0,
+        registry: CollectorRegistry | None = None,
+        stale_after_s: float = STALE_AFTER_S,
+        resync_s: float = RESYNC_S,
+    ) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.tick_s = tick_s
+        self.stale_after_s = stale_after_s
+        self.resync_s = resync_s
+        self._models: dict[str, _Model] = {}
+        self._row_of: dict[str, int] = {}
+        self._free: list[int] = []
+        self._configs: list[PolicyConfig] = []  # per row; free rows keep a harmless default
+        self._rows_used = 0
+        self._batch_config = BatchConfig.from_configs([])
+        self._use_rps = np.zeros(0, dtype=np.bool_)
+        self._config_dirty = False
+        self._state = BatchState(0, 1)
+        self._windows = BatchWindows([], [])
+        self._rows = _Rows(0)
+        self._last_report_at: float | None = None
+        self._last_resync_at: float | None = None
+        self._pokes: set[str] = set()
+        self._poke_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scaling: dict[str, asyncio.Task[None]] = {}
+        self._next_scale: dict[str, int] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._custom: list[_Model] = []
+        self._closing = False
+        self.last_tick_s: float | None = None
+        metrics.attach(self, registry)
+
+    # --- models -------------------------------------------------------------------------------
+
+    def upsert(self, svc: ModelService) -> None:
+        """Add a model or apply a changed spec; starts warming its artifacts on the backend."""
+        config = policy_config_from_spec(svc.scaling)
+        now = self.clock()
+        model = self._models.get(svc.name)
+        if model is None:
+            row = self._allocate_row()
+            ready = self.backend.ready_replicas(svc.name)
+            self._windows.configure(row, config.stable_window_s, config.panic_window_s)
+            self._state.set(row, initial_state(config, ready, now))
+            model = _Model(svc.name, row, svc, config, self._new_policy(svc, config, ready, now))
+            self._models[svc.name] = model
+            self._row_of[svc.name] = row
+            self._prefetch(svc.name)
+        else:
+            row = model.row
+            old, model.config = model.config, config
+            if (old.stable_window_s, old.panic_window_s) != (config.stable_window_s, config.panic_window_s):
+                self._windows.configure(row, config.stable_window_s, config.panic_window_s)
+            if old.delay_buckets != config.delay_buckets:
+                # A delay window of another length starts empty; the rest of the state carries on.
+                state = self._state.get(row, old.delay_buckets)
+                self._state.set(row, replace(state, delay_ring=(), delay_last_index=None))
+            if old != config or model.svc.scaling.policy != svc.scaling.policy:
+                ready = self.backend.ready_replicas(svc.name)
+                model.policy = self._new_policy(svc, config, ready, now)
+            if model.svc.storage_uri != svc.storage_uri:
+                self._prefetch(svc.name)
+            model.svc = svc
+        self._configs[row] = config
+        self._config_dirty = True
+
+    def remove(self, name: str) -> None:
+        model = self._models.pop(name, None)
+        if model is None:
+            return
+        del self._row_of[name]
+        self._configs[model.row] = PolicyConfig()
+        self._rows.clear(model.row)
+        self._free.append(model.row)
+        self._pokes.discard(name)
+        self._next_scale.pop(name, None)
+        self._config_dirty = True
+
+    @staticmethod
+    def _new_policy(svc: ModelService, config: PolicyConfig, ready: int, now: float) -> ModelPolicy | None:
+        name = svc.scaling.policy
+        if name == "kpa":
+            return None
+        factory = POLICIES.get(name)
+        if factory is None:
+            log.warning("unknown scaling policy %r for model=%s, using kpa", name, svc.name)
+            return None
+        return factory(config, ready, now)
+
+    def _allocate_row(self) -> int:
+        if self._free:
+            return self._free.pop()
+        row = self._rows_used
+        self._rows_used += 1
+        if row >= len(self._configs):
+            # Every array has `capacity` rows; rows never used or freed hold a default config and
+            # are decided along with the rest, their results masked out.
+            capacity = max(16, 2 * len(self._configs))
+            self._configs.extend(PolicyConfig() for _ in range(capacity - len(self._configs)))
+            self._rows = self._rows.grown(capacity)
+            self._windows.grow(capacity)
+            self._state = self._state.grown(capacity, self._state.delay_ring.shape[1])
+        return row
+
+    # --- load and pokes (the activator's LoadSink) --------------------------------------------
+
+    def ingest(self, samples: Iterable[StatSample]) -> None:
+        # Any report, even an empty one, shows an activator is alive and counting.
+        self._last_report_at = self.clock()
+        self._windows.ingest(list(samples), self._row_of)
+
+    def report(self, samples: list[StatSample]) -> None:
+        self.ingest(samples)
+
+    def poke(self, model: str) -> None:
+        """A request waits for `model`: decide it now, not at the next tick."""
+        if model not in self._models:
+            return
+        self._pokes.add(model)
+        if self._poke_scheduled or self._loop is None or self._loop.is_closed():
+            return  # without a running loop the next tick sees the poke
+        self._poke_scheduled = True
+        # Next turn of the event loop, not the next tick: the decision runs right after the
+        # activator's handler yields, and backend.scale one turn after that.
+        try:
+            in_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            in_loop = False
+        if in_loop:
+            self._loop.call_soon(self._decide_pokes)
+        else:
+            self._loop.call_soon_threadsafe(self._decide_pokes)
+
+    def _decide_pokes(self) -> None:
+        self._poke_scheduled = False
+        pokes, self._pokes = self._pokes, set()
+        now = self.clock()
+        for name in pokes:
+            model = self._models.get(name)
+            if model is not None:
+                self._decide_one(model, now, poked=True)
+
+    # --- decisions ----------------------------------------------------------------------------
+
+    def _stale(self, now: float) -> bool:
+        return self._last_report_at is None or now - self._last_report_at > self.stale_after_s
+
+    def _decide_one(self, model: _Model, now: float, *, poked: bool) -> ScaleResult:
+        if self._config_dirty:
+            self._rebuild_config()
+        row, config = model.row, model.config
+        ready = self.backend.ready_replicas(model.name)
+        rows = np.array([row], dtype=np.int64)
+        stable, panic = self._windows.observe(np.array([config.metric == "rps"]), now, rows)
+        if self._stale(now):
+            obs = Observation(None, None, ready, poked)
+        else:
+            obs = Observation(float(stable[0]), float(panic[0]), ready, poked)
+        if model.policy is None:
+            state = self._state.get(row, config.delay_buckets)
+            result, state = decide(config, state, obs, now)
+            self._state.set(row, state)
+        else:
+            result = model.policy.decide(obs, now)
+        self._record(row, result, ready, obs.stable_value, obs.panic_value, now)
+        if result.valid:
+            self._apply(model.name, row, result.desired)
+        return result
+
+    def tick(self) -> None:
+        """Decide every model once; called every tick_s by run(), or directly by tests."""
+        started = time.perf_counter()
+        now = self.clock()
+        n = len(self._configs)
+        if n == 0:
+            return
+        if self._config_dirty:
+            self._rebuild_config()
+        ready = np.zeros(n, dtype=np.int64)
+        poked = np.zeros(n, dtype=np.bool_)
+        for name, model in self._models.items():
+            ready[model.row] = self.backend.ready_replicas(name)
+        for name in self._pokes:
+            poked[self._row_of[name]] = True
+        self._pokes.clear()
+        stable, panic = self._windows.observe(self._use_rps, now, np.arange(n, dtype=np.int64))
+        if self._stale(now):
+            stable, panic = np.full(n, np.nan), np.full(n, np.nan)
+        result = decide_batch(self._batch_config, self._state, stable, panic, ready, poked, now)
+        desired, valid = result.desired, result.valid
+        ebc, in_panic = result.excess_burst_capacity, result.panic
+        for model in self._custom:
+            if model.policy is not None:
+                r = model.row
+                s, p = float(stable[r]), float(panic[r])
+                obs = Observation(
+                    None if np.isnan(s) else s, None if np.isnan(p) else p, int(ready[r]), poked[r]
+                )
+                one = model.policy.decide(obs, now)
+                desired[r], valid[r], ebc[r], in_panic[r] = (
+                    one.desired,
+                    one.valid,
+                    one.excess_burst_capacity,
+                    one.panic,
+                )
+        occupied = np.zeros(n, dtype=np.bool_)
+        occupied[list(self._row_of.values())] = True
+        valid &= occupied
+        rows = self._rows
+        rows.ready[:n], rows.stable[:n], rows.panic_value[:n] = ready, stable, panic
+        rows.valid[:n] = valid
+        rows.decided_at[:n] = np.where(occupied, now, np.nan)
+        rows.desired[:n] = np.where(valid, desired, rows.desired[:n])
+        rows.ebc[:n] = np.where(valid, ebc, rows.ebc[:n])
+        rows.panic[:n] = in_panic & occupied
+        changed = np.flatnonzero(valid & (desired != rows.told[:n]))
+        if len(changed):
+            names = self._names_by_row(n)
+            for row in changed.tolist():
+                self._apply(names[row], row, int(desired[row]))
+        if self._last_resync_at is None or now - self._last_resync_at >= self.resync_s:
+            self._last_resync_at = now
+            self._resync()
+        self.last_tick_s = time.perf_counter() - started
+
+    def _names_by_row(self, n: int) -> list[str]:
+        names = [""] * n
+        for name, row in self._row_of.items():
+            names[row] = name
+        return names
+
+    def _rebuild_config(self) -> None:
+        self._batch_config = BatchConfig.from_configs(self._configs)
+        self._use_rps = np.array([c.metric == "rps" for c in self._configs], dtype=np.bool_)
+        self._custom = [m for m in self._models.values() if m.policy is not None]
+        width = int(self._batch_config.delay_buckets.max())
+        if width > self._state.delay_ring.shape[1]:
+            self._state = self._state.grown(len(self._state.desired), width)
+        self._config_dirty = False
+
+    def _record(
+        self, row: int, result: ScaleResult, ready: int, stable: float | None, panic: float | None, now: float
+    ) -> None:
+        rows = self._rows
+        rows.ready[row] = ready
+        rows.stable[row] = np.nan if stable is None else stable
+        rows.panic_value[row] = np.nan if panic is None else panic
+        rows.valid[row] = result.valid
+        rows.panic[row] = result.panic
+        rows.decided_at[row] = now
+        if result.valid:
+            rows.desired[row] = result.desired
+            rows.ebc[row] = result.excess_burst_capacity
+
+    # --- the single writer --------------------------------------------------------------------
+
+    def _apply(self, name: str, row: int, replicas: int) -> None:
+        if replicas == self._rows.told[row]:
+            return
+        self._rows.told[row] = replicas
+        if name in self._scaling:
+            self._next_scale[name] = replicas  # one call per model at a time; the newest wins
+            return
+        self._start_scale(name, replicas)
+
+    def _start_scale(self, name: str, replicas: int) -> None:
+        if self._loop is None:
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                log.warning("no event loop: cannot scale model=%s to %d yet", name, replicas)
+                self._rows.told[self._row_of[name]] = -1
+                return
+        task = self._loop.create_task(self._scale(name, replicas), name=f"scale-{name}")
+        self._scaling[name] = task
+
+    async def _scale(self, name: str, replicas: int) -> None:
+        try:
+            await self.backend.scale(name, replicas)
+            log.info("scaled model=%s replicas=%d", name, replicas)
+        except Exception:
+            log.exception("scale failed model=%s replicas=%d; retrying next tick", name, replicas)
+            row = self._row_of.get(name)
+            if row is not None and self._rows.told[row] == replicas:
+                self._rows.told[row] = -1
+        finally:
+            del self._scaling[name]
+            following = self._next_scale.pop(name, None)
+            if following is not None and following != replicas and name in self._models and not self._closing:
+                self._start_scale(name, following)
+
+    def _resync(self) -> None:
+        """Re-send targets the backend reports differently (a backend restart, a lost call)."""
+        try:
+            reported = self.backend.status()
+        except Exception:
+            log.exception("backend status failed")
+            return
+        for name, model in self._models.items():
+            entry = reported.get(name)
+            target = entry.get("desired") if isinstance(entry, dict) else None
+            told = int(self._rows.told[model.row])
+            if isinstance(target, int) and told >= 0 and target != told and name not in self._scaling:
+                log.warning("backend target differs model=%s backend=%d ours=%d", name, target, told)
+                self._rows.told[model.row] = -1
+                self._apply(name, model.row, told)
+
+    def _prefetch(self, name: str) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # run() prefetches every model when it starts
+
+        async def prefetch() -> None:
+            try:
+                await self.backend.prefetch(name)
+            except Exception:
+                log.exception("prefetch failed model=%s", name)
+
+        task = loop.create_task(prefetch(), name=f"prefetch-{name}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- running ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Tick every tick_s until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        for name in list(self._models):
+            self._prefetch(name)
+        if self._pokes:
+            self._poke_scheduled = True
+            self._loop.call_soon(self._decide_pokes)
+        next_at = self._loop.time()
+        try:
+            while True:
+                try:
+                    self.tick()
+                except Exception:
+                    log.exception("autoscaler tick failed")
+                next_at += self.tick_s
+                await asyncio.sleep(max(0.0, next_at - self._loop.time()))
+        finally:
+            self._closing = True
+            pending = [*self._background, *self._scaling.values()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # --- observability ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        rows = self._rows
+        models: dict[str, Any] = {}
+        for name, model in self._models.items():
+            r = model.row
+            models[name] = {
+                "desired": int(rows.desired[r]),
+                "ready": int(rows.ready[r]),
+                "panic": bool(rows.panic[r]),
+                "valid": bool(rows.valid[r]),
+                "sent": int(rows.told[r]),
+                "metric": model.config.metric,
+                "stable": _finite(rows.stable[r]),
+                "panic_value": _finite(rows.panic_value[r]),
+                "excess_burst_capacity": int(rows.ebc[r]),
+                "policy": model.svc.scaling.policy,
+                "decided_at": _finite(rows.decided_at[r]),
+            }
+        return {
+            "models": models,
+            "stale": self._stale(now),
+            "last_report_age_s": None if self._last_report_at is None else now - self._last_report_at,
+            "last_tick_ms": None if self.last_tick_s is None else self.last_tick_s * 1e3,
+        }
+
+    def decision_rows(self) -> Iterator[DecisionRow]:
+        rows = self._rows
+        for name, model in list(self._models.items()):
+            r = model.row
+            yield DecisionRow(
+                model=name,
+                desired=max(0, int(rows.desired[r])),
+                ready=int(rows.ready[r]),
+                panic=bool(rows.panic[r]),
+                stable_value=float(np.nan_to_num(rows.stable[r])),
+                panic_value=float(np.nan_to_num(rows.panic_value[r])),
+                excess_burst_capacity=int(rows.ebc[r]),
+            )
+
+
+def _finite(value: np.floating[Any] | float) -> float | None:
+    v = float(value)
+    return None if np.isnan(v) else v
