@@ -56,6 +56,10 @@ class BatchController:
         self.panic_total = np.zeros(n)
         self.first_s = np.full(n, _NEVER, dtype=np.int64)
         self.pending: dict[int, tuple[float, float, float]] = {}  # model -> poke (t, integral, requests)
+        # The aggregator's per-activator memory of its newest sample: bucket, samples in it, their mean.
+        self.sample_bucket = np.full(n, -1, dtype=np.int64)
+        self.sample_count = np.zeros(n, dtype=np.int64)
+        self.sample_mean = np.zeros(n)
         self.last_desired = np.zeros(n, dtype=np.int64)
 
     def _fill(self, engine: Engine, upto: int) -> None:
@@ -72,6 +76,9 @@ class BatchController:
                     values[i] = (ring_load[s % ring, i] - (requests if self.rps else integral)) / (s - at)
                     del self.pending[i]
             self._write(s, values)
+            self.sample_bucket[:] = s
+            self.sample_count[:] = 1
+            self.sample_mean[:] = values
         self.filled_s = max(self.filled_s, upto)
 
     def _write(self, s: int, values: npt.NDArray[np.float64]) -> None:
@@ -100,7 +107,7 @@ class BatchController:
         rows = models
         stable, panic = self._windows(rows, now_s)
         ready = engine.ready_count[rows]
-        poked = (engine.queued_count[rows] > 0) & (ready == 0)
+        poked = np.zeros(rows.size, dtype=np.bool_)  # pokes are decided on their own, as in the loop
         config = BatchConfig(**{k: getattr(self.config, k)[rows] for k in _CONFIG_FIELDS})
         state = BatchState(0, 1)
         for name in _STATE_FIELDS:
@@ -116,22 +123,32 @@ class BatchController:
         now_s = engine.second
         self._fill(engine, now_s)
         integral, requests = engine.cumulative(model, now)
-        row = now_s % self.size
         inflight = float(engine.models[model].inflight)
         if self.first_s[model] == _NEVER:
             # As PolicyController: the first report is the arrival itself (an empty period).
-            self._set_bucket(now_s, model, 1.0 / PERIOD_FLOOR_S if self.rps else inflight)
+            value = 1.0 / PERIOD_FLOOR_S if self.rps else inflight
+            self._set_bucket(now_s, model, value)
+            self.sample_bucket[model], self.sample_count[model], self.sample_mean[model] = now_s, 1, value
         else:
+            # The reporter's period starts at its last report: this second's start, or an earlier poke.
             ring = now_s % engine.ring_s
-            period = now - now_s
+            since, base_integral, base_requests = self.pending.get(
+                model, (float(now_s), float(engine.ring_integral[ring, model]),
+                        float(engine.ring_requests[ring, model])))
+            period = now - since
             if self.rps:
-                value = (requests - engine.ring_requests[ring, model]) / max(period, PERIOD_FLOOR_S)
+                value = (requests - base_requests) / max(period, PERIOD_FLOOR_S)
             elif period > 0:
-                value = (integral - engine.ring_integral[ring, model]) / period
+                value = (integral - base_integral) / period
             else:
                 value = inflight
-            # The reporter already sent this second: the aggregator averages the two samples.
-            self._set_bucket(now_s, model, (self.buckets[row, model] + value) / 2)
+            # The reporter already sent a sample for this second: aggregation.ModelWindows averages
+            # all of one activator's samples that land in one bucket.
+            count, mean = int(self.sample_count[model]), float(self.sample_mean[model])
+            new_mean = (mean * count + value) / (count + 1)
+            old = float(self.buckets[now_s % self.size, model])
+            self._set_bucket(now_s, model, old + new_mean - mean)
+            self.sample_count[model], self.sample_mean[model] = count + 1, new_mean
         self.pending[model] = (now, integral, requests)
         if self.first_s[model] == _NEVER:
             self.first_s[model] = now_s

@@ -19,7 +19,7 @@ from typing import Any
 from sim import workloads
 from sim.report import plot_pareto, plot_run, table
 from sim.scenario import ReplicaCosts, costs_from_spec, simulate
-from sim.sweep import SweepError, label, parse_param, run_sweep, write_csv
+from sim.sweep import SweepError, parse_param, run_sweep, write_csv
 from sim.traces import TraceError, load_trace
 from sim.workloads import Workload
 from zeroserve.spec import ModelService, SpecError, load_specs
@@ -132,8 +132,9 @@ def _sweep(args: argparse.Namespace) -> int:
     for row in rows:
         print(json.dumps(row))
     if args.png is not None:
-        plot_pareto(rows, [label({n: row[n] for n in names}) for row in rows], args.png,
-                    f"{args.filename.name}: GPU-seconds vs cold starts and p99")
+        # Short point labels (the values); the title says which parameters they are.
+        plot_pareto(rows, ["/".join(str(row[n]) for n in names) for row in rows], args.png,
+                    f"{args.filename.name}: GPU-seconds vs cold starts and p99 ({'/'.join(names)})")
         print(f"wrote {args.png}", file=sys.stderr)
     return 0
 

@@ -150,7 +150,8 @@ class PolicyController:
         m = engine.models[i]
         observed = self.aggregator.observe(self.services[i].name, self.kpa[i].metric, now)
         stable, panic = observed if observed is not None else (None, None)
-        obs = Observation(stable, panic, len(m.ready), poked=poked or (m.queued > 0 and not m.ready))
+        # As autoscaler/loop.py: `poked` only on the decision a poke triggers, not on ticks.
+        obs = Observation(stable, panic, len(m.ready), poked=poked)
         hist = self.hist[i]
         state = self.state[i]
         if hist is not None:

@@ -330,8 +330,9 @@ class Engine:
         m.queued += 1
         self.queued_count[m.index] = m.queued
         self._push(t + m.timeout_s, _TIMEOUT, req)
-        if not m.starting:
-            # A cold arrival (or one at capacity with nothing coming): the activator pokes.
+        if not m.ready:
+            # Like activator/queue.py: every arrival at a model with no ready replica pokes (the
+            # autoscaler decides again each time); one that waits for a busy replica does not.
             self.pokes += 1
             self._scale(m, self.controller.poke(self, m.index, t), t)
 

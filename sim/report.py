@@ -113,7 +113,7 @@ def plot_run(result: RunResult, path: Path, title: str) -> None:
     minutes = edges[:-1] / 60.0
     load_ax.fill_between(minutes, counts / bin_s, step="post", alpha=0.35, color="tab:blue")
     load_ax.set_xlabel("time (min)")
-    load_ax.set_ylabel(f"arrivals/s ({bin_s:g} s bins)", color="tab:blue")
+    load_ax.set_ylabel(f"arrivals/s ({bin_s:.1f} s bins)", color="tab:blue")
     rep_ax = load_ax.twinx()
     times = np.append(result.timeline_s, end) / 60.0
     counts_r = np.append(result.timeline_replicas, result.timeline_replicas[-1])
@@ -143,7 +143,7 @@ def plot_pareto(rows: list[dict[str, Any]], labels: list[str], path: Path, title
     cold = np.array([r["cold_wait_fraction"] for r in rows], dtype=float)
     p99 = np.array([r["latency_p99_s"] for r in rows], dtype=float)
     front = pareto_mask(np.column_stack([gpu, cold, p99]))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
     for ax, y, name in ((axes[0], cold * 100, "requests that waited on a cold start (%)"),
                         (axes[1], p99, "latency p99 (s)")):
         ax.scatter(gpu[~front], y[~front], color="0.6", label="dominated")
@@ -155,6 +155,5 @@ def plot_pareto(rows: list[dict[str, Any]], labels: list[str], path: Path, title
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle(title)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

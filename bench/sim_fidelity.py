@@ -1,0 +1,264 @@
+"""Does the simulator predict a live `zeroserve up`? The same bursty trace, spec and replica costs.
+
+Replays 10 minutes of the Azure code trace (its idle gaps scale the model to zero), time-compressed
+by --time-scale, against a live `zeroserve up` serving the synthetic tiny-llm, watching `/status` on
+the admin port; then simulates the same arrivals with the same spec. The simulator's cold-start time
+and per-request overhead are calibrated from the live run (mean measured cold start, median warm
+overhead): the comparison is about the scaling decisions, which is what the simulator is for.
+
+    python bench/sim_fidelity.py [--time-scale 0.5] [--load-time-s 2]
+
+Prints one JSON object: live and sim cold starts and replica-seconds, and their relative differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sim.scenario import costs_from_spec, simulate  # noqa: E402
+from sim.traces import load_trace  # noqa: E402
+from sim.workloads import Workload, from_trace  # noqa: E402
+from zeroserve.spec import load_specs  # noqa: E402
+
+log = logging.getLogger("bench.sim_fidelity")
+MODEL = "tiny-llm"
+MAX_TOKENS = 32  # the trace's generated tokens, capped so that a request stays well under a second
+
+SPEC = """\
+apiVersion: serving.zeroserve.io/v1alpha1
+kind: ModelService
+metadata: {{name: {model}}}
+spec:
+  runtime: {{model: tiny-llm, loadTime: {load_s}s, tokenLatency: {token_s}s}}
+  scaling:
+    stableWindow: {window_s}s
+    scaleToZeroGracePeriod: {grace_s}s
+    initialScale: 0
+    maxReplicas: 4
+    tickInterval: 2s
+  queue: {{maxQueued: 10000, timeout: 120s}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class ReplicaSeen:
+    first_s: float
+    ready_s: float | None = None
+    end_s: float | None = None  # stopping or gone
+
+
+@dataclass
+class LiveRun:
+    replicas: dict[str, ReplicaSeen] = field(default_factory=dict)
+    latencies: list[tuple[int, float, int]] = field(default_factory=list)  # (request, seconds, status)
+
+
+async def watch_status(admin: str, run: LiveRun, t0: float, stop: asyncio.Event) -> None:
+    async with aiohttp.ClientSession() as session:
+        while not stop.is_set():
+            now = time.monotonic() - t0
+            try:
+                async with session.get(f"{admin}/status") as resp:
+                    status = await resp.json()
+            except (aiohttp.ClientError, ValueError):
+                await asyncio.sleep(0.1)
+                continue
+            seen = set()
+            for r in status.get("models", {}).get(MODEL, {}).get("replicas", []):
+                rid = str(r["id"])
+                seen.add(rid)
+                rec = run.replicas.setdefault(rid, ReplicaSeen(now))
+                if r.get("ready") and rec.ready_s is None:
+                    rec.ready_s = now
+                if r.get("stopping") and rec.end_s is None:
+                    rec.end_s = now
+            for rid, rec in run.replicas.items():
+                if rid not in seen and rec.end_s is None:
+                    rec.end_s = now
+            await asyncio.sleep(0.2)
+
+
+async def send_all(url: str, workload: Workload, run: LiveRun, t0: float) -> None:
+    async def one(i: int) -> None:
+        body = {"model": MODEL, "prompt": "x", "max_tokens": int(workload.generated_tokens[i])}
+        start = time.monotonic()
+        try:
+            async with session.post(f"{url}/v1/completions", json=body) as resp:
+                await resp.read()
+                code = resp.status
+        except aiohttp.ClientError:
+            code = 0
+        run.latencies.append((i, time.monotonic() - start, code))
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=300)) as session:
+        tasks = []
+        for i, at in enumerate(workload.arrival_s.tolist()):
+            delay = t0 + at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+
+
+def start_up(spec_path: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+    port, admin_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zeroserve", "up", "-f", str(spec_path), "--port", str(port),
+         "--admin-port", str(admin_port), "--log-level", "WARNING"],
+        cwd=ROOT, stdout=sys.stderr, stderr=sys.stderr, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    return proc, port, admin_port
+
+
+def stop_up(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+async def live(proc: subprocess.Popen[bytes], port: int, admin_port: int, workload: Workload,
+               settle_s: float) -> tuple[LiveRun, float]:
+    admin = f"http://127.0.0.1:{admin_port}"
+    run = LiveRun()
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            try:
+                async with session.get(f"{admin}/healthz") as resp:
+                    if resp.status == 200:
+                        break
+            except aiohttp.ClientError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"zeroserve up exited with {proc.returncode}")
+            await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError("zeroserve up did not answer /healthz in 30 s")
+    t0 = time.monotonic() + 1.0
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch_status(admin, run, t0, stop))
+    await send_all(f"http://127.0.0.1:{port}", workload, run, t0)
+    log.info("live: all %d requests answered at t=%.0f s", workload.requests, time.monotonic() - t0)
+    # Let the last burst scale back to zero, as the simulation does.
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline:
+        if run.replicas and all(r.end_s is not None for r in run.replicas.values()):
+            break
+        await asyncio.sleep(0.5)
+    end = time.monotonic() - t0
+    stop.set()
+    await watcher
+    return run, end
+
+
+def rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(a), 1e-9)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--start-s", type=float, default=0.0, help="where in the code trace to start")
+    parser.add_argument("--minutes", type=float, default=10.0, help="trace minutes to replay")
+    parser.add_argument("--time-scale", type=float, default=0.5, help="<1 compresses the trace")
+    parser.add_argument("--load-time-s", type=float, default=2.0, help="tiny-llm's simulated load")
+    parser.add_argument("--token-latency-s", type=float, default=0.01)
+    parser.add_argument("--window-s", type=float, default=4.0, help="stableWindow")
+    parser.add_argument("--grace-s", type=float, default=2.0, help="scaleToZeroGracePeriod")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+
+    trace = load_trace("code").window(args.start_s, args.start_s + args.minutes * 60.0)
+    trace = trace.time_scaled(args.time_scale)
+    base = from_trace(trace, MODEL)
+    workload = Workload(base.models, base.arrival_s, base.model_index, base.context_tokens,
+                        np.clip(base.generated_tokens, 1, MAX_TOKENS))
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path = Path(tmp) / "fidelity.yaml"
+        spec_path.write_text(SPEC.format(model=MODEL, load_s=args.load_time_s, token_s=args.token_latency_s,
+                                         window_s=args.window_s, grace_s=args.grace_s))
+        services = load_specs(spec_path)
+        log.info("live: %d requests over %.0f s", workload.requests, workload.duration_s)
+        proc, port, admin_port = start_up(spec_path)
+        try:
+            run, live_end = asyncio.run(live(proc, port, admin_port, workload,
+                                             settle_s=args.window_s + args.grace_s + 30))
+        finally:
+            stop_up(proc)
+
+    for rec in run.replicas.values():
+        if rec.end_s is None:
+            rec.end_s = live_end
+    cold = [r.ready_s - r.first_s for r in run.replicas.values() if r.ready_s is not None]
+    cold_mean = float(np.mean(cold)) if cold else args.load_time_s
+    latencies = np.array([lat for _, lat, code in run.latencies if code == 200])
+    tokens = {i: int(workload.generated_tokens[i]) for i, _, _ in run.latencies}
+    overhead = [lat - tokens[i] * args.token_latency_s for i, lat, code in run.latencies if code == 200]
+    # The median request is warm: its overhead beyond token time is the proxy + server cost.
+    fixed_s = max(0.0, float(np.median(overhead))) if overhead else 0.0
+    live_replica_s = sum((r.end_s or live_end) - r.first_s for r in run.replicas.values())
+
+    costs = costs_from_spec(services[0], load_s=cold_mean, service_s=fixed_s)
+    outcome = simulate(services, workload, costs)
+    sim = outcome.summary
+    out: dict[str, Any] = {
+        "requests": workload.requests,
+        "trace_span_s": round(workload.duration_s, 1),
+        "live": {
+            "cold_starts": len(run.replicas),
+            "replica_seconds": round(live_replica_s, 1),
+            "errors": int(sum(1 for _, _, code in run.latencies if code != 200)),
+            "latency_p50_s": round(float(np.percentile(latencies, 50)), 3) if latencies.size else None,
+            "latency_p99_s": round(float(np.percentile(latencies, 99)), 3) if latencies.size else None,
+            "cold_start_mean_s": round(cold_mean, 2),
+        },
+        "sim": {
+            "cold_starts": sim.cold_starts,
+            "replica_seconds": round(sim.replica_seconds, 1),
+            "lost": sim.lost_timeout + sim.lost_rejected,
+            "latency_p50_s": round(sim.latency_p50_s, 3),
+            "latency_p99_s": round(sim.latency_p99_s, 3),
+            "calibrated_load_s": round(cold_mean, 2),
+            "calibrated_overhead_s": round(fixed_s, 4),
+        },
+    }
+    out["rel_diff_cold_starts"] = round(rel(len(run.replicas), sim.cold_starts), 4)
+    out["rel_diff_replica_seconds"] = round(rel(live_replica_s, sim.replica_seconds), 4)
+    out["within_10pct"] = out["rel_diff_cold_starts"] <= 0.10 and out["rel_diff_replica_seconds"] <= 0.10
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
