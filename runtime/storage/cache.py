@@ -28,6 +28,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 DEFAULT_BUDGET_BYTES = 100 * (1 << 30)
 LOCK_POLL_S = 0.02
+STALE_STAGING_S = 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,4 +190,22 @@ class NodeCache:
                 total -= entry.size_bytes
                 removed.append(entry)
                 log.info("evicted %s (%d bytes) from the node cache", entry.uri, entry.size_bytes)
+        self._drop_stale_staging()
         return removed
+
+    def _drop_stale_staging(self, max_age_s: float = STALE_STAGING_S) -> None:
+        """Partial downloads nobody resumed for a day (a version that changed meanwhile) go."""
+        base = self.root / "staging"
+        if not base.is_dir():
+            return
+        for path in base.iterdir():
+            with contextlib.suppress(OSError):
+                if time.time() - path.stat().st_mtime < max_age_s:
+                    continue
+                fd = self.try_lock_exclusive(path.name)
+                if fd is None:
+                    continue
+                try:
+                    shutil.rmtree(path, ignore_errors=True)
+                finally:
+                    os.close(fd)

@@ -49,17 +49,25 @@ class _Ensured:
 
 
 async def _listing(
-    uri: StorageUri, source: Source, cache: NodeCache | None
+    uri: StorageUri, source: Source, cache: NodeCache | None, config: TransferConfig
 ) -> tuple[Listing | None, Path | None]:
-    """Ask the store what the URI holds now; if it cannot be reached, fall back to the cached copy."""
-    try:
-        return await source.listing(), None
-    except TransientError as err:
-        cached = cache.find_uri(uri.raw) if cache is not None else None
-        if cached is None:
-            raise
-        log.warning("store unreachable (%s); using the cached copy of %s", err.cause, uri.raw)
-        return None, cached.path
+    """Ask the store what the URI holds now (with retries); if it stays unreachable, fall back to
+    the cached copy of the same URI so a node can still start replicas during a store outage."""
+    for attempt in range(config.attempts):
+        try:
+            return await source.listing(), None
+        except TransientError as err:
+            if attempt + 1 < config.attempts:
+                delay = min(config.max_backoff_s, config.backoff_s * 2**attempt)
+                log.warning("listing %s failed (%s); retrying in %.1fs", uri.raw, err.cause, delay)
+                await asyncio.sleep(delay)
+                continue
+            cached = cache.find_uri(uri.raw) if cache is not None else None
+            if cached is None:
+                raise
+            log.warning("store unreachable (%s); using the cached copy of %s", err.cause, uri.raw)
+            return None, cached.path
+    raise AssertionError("unreachable: the loop returns or raises")
 
 
 async def _download(
@@ -90,7 +98,7 @@ async def _download(
 async def _ensure(uri: StorageUri, cache: NodeCache, config: TransferConfig) -> _Ensured:
     source = open_source(uri)
     try:
-        listing, fallback = await _listing(uri, source, cache)
+        listing, fallback = await _listing(uri, source, cache, config)
         if listing is None:
             assert fallback is not None
             return _Ensured(fallback, False, 0)

@@ -123,7 +123,9 @@ class Downloader:
         queue: asyncio.Queue[tuple[_FileState, int, int]] = asyncio.Queue()
         # Large files first: their parts are the long tail, small files fill the gaps.
         for st in sorted(todo, key=lambda s: -s.f.size_bytes):
-            ranged = st.f.accepts_ranges and st.f.size_bytes >= self.config.min_ranged_bytes
+            # A file with a journal resumes by ranges even if this run would not split it.
+            big = st.f.size_bytes >= self.config.min_ranged_bytes or bool(st.done_ranges)
+            ranged = st.f.accepts_ranges and big
             gaps = missing_ranges(st.f.size_bytes, st.done_ranges if ranged else [])
             self.progress.add(st.f.size_bytes - sum(e - s for s, e in gaps), resumed=True)
             parts = split(gaps, self.config.part_size_bytes) if ranged else gaps
@@ -174,6 +176,9 @@ class Downloader:
             st.parts_left -= 1
             if st.parts_left == 0:
                 await self._finish(st)
+            elif st.f.accepts_ranges:
+                # Journal every finished part: a killed process (SIGKILL, OOM) resumes from here.
+                self._save_journal(st)
 
     def _open(self, st: _FileState) -> int:
         if st.fd < 0:

@@ -54,6 +54,8 @@ class FileServer:
     cuts_left: dict[str, int] = field(default_factory=dict)
     corrupt: set[str] = field(default_factory=set)
     status: dict[str, int] = field(default_factory=dict)
+    status_times: dict[str, int] = field(default_factory=dict)  # answer `status` only this often
+    head_status: int | None = None  # refuse HEAD like a pre-signed GET URL does
     digests: bool = False  # send Repr-Digest: sha-256 of the true content
     chunk_delay_s: float = 0.0
     sizes: dict[str, int] = field(default_factory=dict)  # listing lies about sizes (disk-full test)
@@ -76,8 +78,12 @@ class FileServer:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
-        if path in self.status:
+        if path in self.status and self.status_times.get(path, 1) > 0:
+            if path in self.status_times:
+                self.status_times[path] -= 1
             return web.Response(status=self.status[path], text="nope")
+        if request.method == "HEAD" and self.head_status is not None:
+            return web.Response(status=self.head_status)
         if path.endswith("/"):
             entries = self.listing(path)
             if not entries:

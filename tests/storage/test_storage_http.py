@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
+import signal
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from runtime.storage import IntegrityError, NodeCache, TransferConfig, TransientError, materialize
 from runtime.storage.cli import storage_init_main
-from storage_servers import FAST, FileServer, KiB, cli, model_files
+from storage_servers import FAST, ROOT, FileServer, KiB, MiB, acli, cli, model_files
 
 PART = FAST.part_size_bytes
 
@@ -189,3 +193,49 @@ async def test_two_concurrent_inits_download_once(file_server: FileServer, tmp_p
         if path != "/m/big.bin" and file_server.files[path]:
             assert len(file_server.gets(path)) == 1, path
     assert sorted(["cache=hit" in o1, "cache=hit" in o2]) == [False, True]
+
+
+@pytest.mark.parametrize("head_status", [403, 405])
+async def test_server_refusing_head_is_probed_with_a_one_byte_get(
+    file_server: FileServer, cache: NodeCache, tmp_path: Path, head_status: int
+) -> None:
+    file_server.files = {"/f/w.bin": os.urandom(900 * KiB)}
+    file_server.head_status = head_status
+    await materialize(f"{file_server.url}/f/w.bin", tmp_path / "d", cache, FAST)
+    assert (tmp_path / "d" / "w.bin").read_bytes() == file_server.files["/f/w.bin"]
+    assert (file_server.log[0].start, file_server.log[0].end) == (0, 1)
+
+
+async def test_listing_is_retried(file_server: FileServer, cache: NodeCache, tmp_path: Path) -> None:
+    file_server.files = model_files()
+    file_server.status["/m/"] = 503
+    file_server.status_times["/m/"] = 2  # two failures, then the store recovers
+    result = await materialize(f"{file_server.url}/m/", tmp_path / "d", cache, FAST)
+    assert result.files == len(file_server.files) and file_server.status_times["/m/"] == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+async def test_killed_init_resumes_on_the_next_run(file_server: FileServer, tmp_path: Path, sig: int) -> None:
+    file_server.files = {"/m/big.bin": os.urandom(4 * MiB)}
+    file_server.chunk_delay_s = 0.02  # 1 MiB part = 16 chunks = ~0.3 s
+    uri = f"{file_server.url}/m/"
+    args = [sys.executable, "-m", "runtime.storage.cli", "storage-init", uri, str(tmp_path / "d")]
+    args += ["--cache-dir", str(tmp_path / "c"), "--part-size-mib", "1", "--concurrency", "1"]
+    proc = await asyncio.create_subprocess_exec(*args, cwd=ROOT, stderr=asyncio.subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not any(s.sent == MiB for s in file_server.gets("/m/big.bin")):  # part 0 fully sent
+        assert time.monotonic() < deadline, "the download never got going"
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)  # let the client write it and start part 1
+    proc.send_signal(sig)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode != 0
+    if sig == signal.SIGTERM:
+        assert b"interrupted" in err and b"Traceback" not in err
+    first_run = len(file_server.log)
+    file_server.chunk_delay_s = 0
+    code, out = await acli(*args[3:])
+    assert code == 0, out
+    assert (tmp_path / "d" / "big.bin").read_bytes() == file_server.files["/m/big.bin"]
+    again = [s.start for s in file_server.log[first_run:] if s.path == "/m/big.bin"]
+    assert again and min(again) >= MiB  # part 0 came from the journal, not the network

@@ -84,10 +84,20 @@ class HttpSource:
         url = self.uri.raw
         try:
             async with self._session.head(url, allow_redirects=True) as resp:
-                check_status(url, resp.status, resp.reason or "", "HEAD")
+                status, reason = resp.status, resp.reason or ""
                 size = resp.content_length
                 headers = resp.headers
                 final_url = str(resp.url)
+            if status in (403, 405, 501):
+                # Pre-signed URLs are signed for GET only, and some servers refuse HEAD: ask for
+                # one byte instead and read the size from Content-Range.
+                async with self._session.get(url, headers={"Range": "bytes=0-0"}) as resp:
+                    status, reason = resp.status, resp.reason or ""
+                    headers = resp.headers
+                    final_url = str(resp.url)
+                    total = headers.get("Content-Range", "").rpartition("/")[2]
+                    size = int(total) if total.isdigit() else resp.content_length if status == 200 else None
+            check_status(url, status, reason, "HEAD")
         except (aiohttp.ClientError, TimeoutError) as err:
             raise TransientError(url, f"HEAD: {type(err).__name__}: {err}") from err
         if size is None:
