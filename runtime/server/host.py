@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,34 @@ class StartupTimes:
         }
 
 
+def _in_daemon_thread(fn: Callable[[], object], name: str) -> asyncio.Future[None]:
+    """Run ``fn`` in a daemon thread. Unlike asyncio.to_thread (the default executor, which the
+    loop joins on close), a SIGTERM during a long sync load can then exit without waiting for it."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+    def target() -> None:
+        error: BaseException | None = None
+        try:
+            fn()
+        except BaseException as e:
+            error = e
+        try:
+            loop.call_soon_threadsafe(settle, error)
+        except RuntimeError:  # the loop is closed: the server gave up on this load
+            pass
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return done
+
+
 class ModelHost:
     def __init__(self, model: Model, times: StartupTimes) -> None:
         self.model = model
@@ -74,7 +103,9 @@ class ModelHost:
                 await self.model.load()
             else:
                 # A sync load runs in a thread so liveness keeps answering while weights are read.
-                await asyncio.to_thread(self.model.load)
+                await _in_daemon_thread(self.model.load, f"load-{self.name}")
+        except asyncio.CancelledError:
+            raise  # a drain during load: the state stays "draining"
         except BaseException:
             self.state = "failed"
             raise

@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,8 +196,9 @@ async def _stream(
             await response.write(_sse(chunk(None, None, first=True)))
         elif prefix:
             await response.write(_sse(chunk(prefix, None)))
-        async for text in run(host, prompt, params, outcome):
-            await response.write(_sse(chunk(text, None)))
+        async with aclosing(run(host, prompt, params, outcome)) as pieces:
+            async for text in pieces:
+                await response.write(_sse(chunk(text, None)))
         await response.write(_sse(chunk(None if chat else "", outcome.finish_reason)))
         if include_usage:
             usage = _usage(

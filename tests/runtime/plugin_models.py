@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,11 @@ class Scale(Model):
 class BrokenLoad(Model):
     def load(self) -> None:
         raise RuntimeError("weights are corrupt")
+
+
+class SlowSyncLoad(Model):
+    def load(self) -> None:
+        time.sleep(60)
 
 
 class BrokenPredict(Model):

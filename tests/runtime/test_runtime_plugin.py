@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,14 @@ def test_load_failure_exits_1(tmp_path: Path) -> None:
     server = start_server(tmp_path, "--model", "plugin_models:BrokenLoad", extra_path=HERE, ready=False)
     assert server.proc.wait(15) == 1
     assert "weights are corrupt" in server.log()
+
+
+def test_sigterm_during_a_long_sync_load_exits_promptly(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--model", "plugin_models:SlowSyncLoad", extra_path=HERE, ready=False)
+    assert server.status("/v2/health/live") == 200 and server.status("/v2/health/ready") == 503
+    started = time.monotonic()
+    assert server.stop(timeout_s=20) == 0
+    assert time.monotonic() - started < 10  # not the 60 s the load thread would take
 
 
 @pytest.mark.parametrize("model", ["plugin_models:NotAModel", "no_such_module:X", "justaword"])
