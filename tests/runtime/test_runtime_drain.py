@@ -86,3 +86,24 @@ async def test_sigterm_during_load_exits_0(tmp_path: Path) -> None:
     server = start_server(tmp_path, "--model", "tiny-llm", "--load-time-s", "30", ready=False)
     assert server.status("/v2/health/ready") == 503
     assert await asyncio.to_thread(server.stop, 10) == 0
+
+
+async def test_client_disconnect_mid_stream_frees_the_slot(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--model", "tiny-llm", "--load-time-s", "0", "--token-latency-s", "0.1")
+    body = {"model": "tiny-llm", "prompt": PROMPT, "max_tokens": 30, "stream": True}
+    stats_url = server.url + "/v2/models/tiny-llm/stats"
+    async with aiohttp.ClientSession() as s:
+        async with s.post(server.url + "/v1/completions", json=body) as stream:
+            await stream.content.readline()
+            async with s.get(stats_url) as r:
+                assert (await r.json())["inference"]["in_flight"] == 1
+            stream.close()  # hang up 0.1 s into a 3 s stream
+        closed_at = time.monotonic()
+        while time.monotonic() - closed_at < 2.0:
+            async with s.get(stats_url) as r:
+                if (await r.json())["inference"]["in_flight"] == 0:
+                    break
+            await asyncio.sleep(0.02)
+        assert time.monotonic() - closed_at < 2.0, "the server kept generating for a client that left"
+    assert "client went away mid-stream" in server.log()
+    assert await asyncio.to_thread(server.stop) == 0
