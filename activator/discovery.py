@@ -208,12 +208,16 @@ class HttpLoadSink:
         self.leader_url = ""
         self._samples: list[StatSample] = []
         self._pokes: set[str] = set()
+        self._report_due = False
         self._wake = asyncio.Event()
         self.sent = 0
         self.failures = 0
         self._offset_s = time.time() - time.monotonic()  # samples carry monotonic time
 
     def report(self, samples: list[StatSample]) -> None:
+        # Sent even when empty: an empty report still tells the autoscaler that an activator is
+        # alive and counting, which is what lets it scale an idle model down.
+        self._report_due = True
         self._samples.extend(samples)
         del self._samples[: max(0, len(self._samples) - self.max_pending)]
         self._wake.set()
@@ -248,8 +252,9 @@ class HttpLoadSink:
             self._wake.clear()
             samples, self._samples = self._samples, []
             pokes, self._pokes = sorted(self._pokes), set()
+            due, self._report_due = self._report_due, False
             try:
-                if samples:
+                if due or samples:
                     body = {"samples": [{**asdict(s), "at": s.at + self._offset_s} for s in samples]}
                     await self._post(session, "/v1/stats", body)
                 if pokes:

@@ -204,7 +204,7 @@ class ClusterAutoscaler:
     async def _status(self, request: web.Request) -> web.Response:
         body: dict[str, Any] = {"identity": self.config.identity, "leader": self.elector.is_leader(),
                                 "leader_address": self.elector.leader_address,
-                                "backend": self.backend.status()}
+                                "models": self.backend.status()}
         if self.autoscaler is not None:
             body["autoscaler"] = self.autoscaler.status()
         return web.json_response(body)

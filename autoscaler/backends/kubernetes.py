@@ -339,9 +339,17 @@ class KubernetesBackend:
         self._callbacks.append(callback)
 
     def status(self) -> dict[str, Any]:
-        return {"leader": self.is_leader(), "namespace": self.config.namespace,
-                "models": {name: {"deployment": m.deployment, **m.last_status}
-                           for name, m in self.models.items()}}
+        """Per model, like every backend: `desired` is the Deployment's replicas as last seen."""
+        out: dict[str, Any] = {}
+        for name, m in self.models.items():
+            deploy = self.deployments.cache.get(m.deployment)
+            desired = int(deploy["spec"].get("replicas", 1)) if deploy is not None else None
+            out[name] = {"deployment": m.deployment, "desired": desired,
+                         "ready": len(m.endpoints.ready),
+                         "conditions": {c["type"]: c["reason"]
+                                        for c in m.last_status.get("conditions") or []},
+                         "last_cold_start_s": m.cold_start[1] if m.cold_start else None}
+        return out
 
     # --- watch handlers -------------------------------------------------------------------------
 

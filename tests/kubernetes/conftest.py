@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from emulator import ApiEmulator, Obj
+from emulator import Access, ApiEmulator, Obj
 from fake_cluster import FakeCluster, standin_launcher
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +50,28 @@ class Harness:
         return list(self.store.list("v1/pods", ns))
 
 
+def load_roles() -> dict[str, Obj]:
+    docs = yaml.safe_load_all((ROOT / "manifests" / "rbac.yaml").read_text())
+    return {d["metadata"]["name"]: d for d in docs if d and d["kind"] == "Role"}
+
+
+def allowed(role: Obj, access: Access) -> bool:
+    for rule in role["rules"]:
+        names = rule.get("resourceNames")
+        if (access.group in rule["apiGroups"] and access.resource in rule["resources"]
+                and access.verb in rule["verbs"] and (not names or access.name in names)):
+            return True
+    return False
+
+
+def role_of(identity: str) -> str | None:
+    """Tests authenticate as autoscaler-* and activator-*; each must live within its Role."""
+    for component in ("autoscaler", "activator"):
+        if identity.startswith(component):
+            return f"zeroserve-{component}"
+    return None
+
+
 def load_crd() -> Obj:
     docs = list(yaml.safe_load_all((ROOT / "manifests" / "crd.yaml").read_text()))
     return dict(docs[0])
@@ -79,3 +101,8 @@ async def k8s() -> AsyncIterator[Harness]:
     finally:
         await cluster.close()
         await emu.close()
+    roles = load_roles()
+    for access in emu.accesses:
+        role = role_of(access.identity)
+        if role is not None:
+            assert allowed(roles[role], access), f"{role} may not {access}"

@@ -79,6 +79,17 @@ class Write:
     at_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class Access:
+    """One request in RBAC terms: who, which verb, on what (for checking Roles against use)."""
+
+    identity: str
+    verb: str
+    group: str
+    resource: str        # plural, or plural/subresource
+    name: str
+
+
 class ApiError(Exception):
     def __init__(self, code: int, reason: str, message: str) -> None:
         super().__init__(message)
@@ -329,6 +340,7 @@ class ApiEmulator:
     def __init__(self, store: Store | None = None) -> None:
         self.store = store or Store()
         self.writes: list[Write] = []
+        self.accesses: list[Access] = []
         self.app = web.Application()
         for prefix in ("/api/{version}", "/apis/{group}/{version}"):
             base = prefix + "/namespaces/{ns}/{plural}"
@@ -377,8 +389,11 @@ class ApiEmulator:
         try:
             resource = self._resource(request)
             ns = request.match_info["ns"]
+            watching = request.query.get("watch", "").lower() in ("true", "1")
+            verb = {"GET": "watch" if watching else "list", "POST": "create"}.get(request.method, "?")
+            self._access(request, verb, resource, "")
             if request.method == "GET":
-                if request.query.get("watch", "").lower() in ("true", "1"):
+                if watching:
                     return await self._watch(request, resource, ns)
                 items = self.store.list(resource, ns, request.query.get("labelSelector", ""))
                 res = BY_PATH[resource]
@@ -398,6 +413,9 @@ class ApiEmulator:
             resource = self._resource(request)
             ns, name = request.match_info["ns"], request.match_info["name"]
             sub = request.match_info.get("sub", "")
+            verb = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
+                request.method, "?")
+            self._access(request, verb, resource + (f"/{sub}" if sub else ""), name)
             if sub not in ("", "status", "scale") or (sub == "scale" and resource != "apps/v1/deployments"):
                 raise ApiError(404, "NotFound", f"no subresource {sub}")
             if request.method == "GET":
@@ -429,6 +447,12 @@ class ApiEmulator:
             return web.json_response(obj)
         except ApiError as e:
             return web.json_response(e.status(), status=e.code)
+
+    def _access(self, request: web.Request, verb: str, resource: str, name: str) -> None:
+        parts = resource.split("/")
+        group = "" if parts[0] == "v1" else parts[0]
+        plural = "/".join(parts[1:] if group == "" else parts[2:])
+        self.accesses.append(Access(_identity(request), verb, group, plural, name))
 
     def _write_scale(self, request: web.Request, ns: str, name: str, body: Obj) -> Obj:
         replicas = (body.get("spec") or {}).get("replicas")

@@ -21,7 +21,7 @@ class Clock:
 
 @pytest.fixture
 async def apis(k8s: Harness) -> AsyncIterator[list[KubeApi]]:
-    made = [KubeApi(configuration(k8s.emu.url, token=name)) for name in ("a", "b")]
+    made = [KubeApi(configuration(k8s.emu.url, token=f"autoscaler-{n}")) for n in ("a", "b")]
     yield made
     for api in made:
         await api.close()

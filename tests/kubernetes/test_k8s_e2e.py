@@ -1,0 +1,126 @@
+"""End to end against the emulator: two autoscaler processes (leader election), an activator, and
+replica processes started by the fake kubelet.
+
+ModelService -> Deployment at initial scale -> requests answered through the activator -> idle ->
+0 replicas -> a request scales it from zero and is answered; then the leader is killed, the other
+autoscaler takes over within the lease duration and does the same, and the emulator's audit log
+shows that the two never both wrote replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from conftest import NS, ROOT, Harness, eventually
+from fake_cluster import free_port
+from test_k8s_discovery import activator
+
+LEASE_S, RENEW_S, RETRY_S = 3.0, 2.0, 0.25
+MS = "serving.zeroserve.io/v1alpha1/modelservices"
+SPEC = {"runtime": {"model": "iris"},
+        "scaling": {"initialScale": 1, "stableWindow": "2s", "scaleToZeroGracePeriod": "1s",
+                    "target": 1},
+        "queue": {"timeout": "30s"}}
+
+
+@contextlib.contextmanager
+def autoscaler_process(k8s: Harness, name: str, port: int, token: Path) -> Iterator[subprocess.Popen[bytes]]:
+    argv = [sys.executable, "-m", "zeroserve", "autoscaler", "--api-server", k8s.emu.url,
+            "--api-token", name, "--namespace", NS, "--image", "zeroserve:test", "--identity", name,
+            "--host", "127.0.0.1", "--port", str(port), "--address", f"http://127.0.0.1:{port}",
+            "--token-file", str(token), "--lease-duration-s", str(LEASE_S),
+            "--renew-deadline-s", str(RENEW_S), "--retry-period-s", str(RETRY_S), "--tick-s", "0.25"]
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def holder(k8s: Harness) -> str:
+    lease = k8s.get("coordination.k8s.io/v1/leases", "zeroserve-autoscaler") or {}
+    return str((lease.get("spec") or {}).get("holderIdentity") or "")
+
+
+def replicas(k8s: Harness) -> int:
+    deploy = k8s.get("apps/v1/deployments", "iris") or {}
+    return int((deploy.get("spec") or {}).get("replicas", -1))
+
+
+async def infer(session: aiohttp.ClientSession, port: int) -> tuple[int, dict[str, Any], float]:
+    start = time.monotonic()
+    async with session.post(f"http://127.0.0.1:{port}/v2/models/iris/infer",
+                            json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                              "data": [6.8, 2.8, 4.8, 1.4]}]}) as r:
+        await r.read()
+        return r.status, dict(r.headers), time.monotonic() - start
+
+
+async def scale_to_zero_and_back(k8s: Harness, session: aiohttp.ClientSession, port: int,
+                                 writer: str) -> None:
+    await eventually(lambda: replicas(k8s) == 0 and not k8s.pods(), timeout_s=20,
+                     what=f"{writer} to scale the idle model to zero")
+    status, headers, took = await infer(session, port)
+    assert status == 200, "a request at zero is queued, scales from zero and is answered"
+    assert headers.get("X-Zeroserve-Cold-Start") == "true"
+    assert replicas(k8s) >= 1
+    scale_ups = [w for w in k8s.emu.scale_writes() if w.subresource == "scale" and w.replicas]
+    assert scale_ups[-1].identity == writer
+
+
+async def test_scale_to_zero_from_zero_and_leader_failover(k8s: Harness, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("stats-token\n")
+    k8s.store.create("v1/configmaps", NS, {"metadata": {"name": "zeroserve-prefetch"},
+                                           "data": {"uris": ""}})
+    port_a, port_b = free_port(), free_port()
+    with autoscaler_process(k8s, "autoscaler-a", port_a, token) as proc_a:
+        await eventually(lambda: holder(k8s) == "autoscaler-a", timeout_s=30, what="a to lead")
+        with autoscaler_process(k8s, "autoscaler-b", port_b, token):
+            # The activator reports to b, a follower: b redirects it to the leader.
+            async with activator(k8s, f"http://127.0.0.1:{port_b}", token) as act, \
+                    aiohttp.ClientSession() as session:
+                k8s.apply_model("iris", SPEC)
+                await eventually(lambda: replicas(k8s) == 1, what="the deployment at initial scale")
+                await eventually(lambda: act.table.get("iris").ready, timeout_s=20, what="a ready pod")
+                status, _, _ = await infer(session, act.port)
+                assert status == 200
+                await scale_to_zero_and_back(k8s, session, act.port, "autoscaler-a")
+                assert act.sink.leader_url == f"http://127.0.0.1:{port_a}"
+
+                proc_a.send_signal(signal.SIGKILL)  # the leader dies without releasing the lease
+                killed_at = k8s.emu.clock()
+                proc_a.wait()
+                await eventually(lambda: holder(k8s) == "autoscaler-b", timeout_s=LEASE_S + 5,
+                                 what="b to take over")
+                takeover_s = k8s.emu.clock() - killed_at
+                assert takeover_s <= LEASE_S + 2 * RETRY_S + 1.0, takeover_s
+
+                await scale_to_zero_and_back(k8s, session, act.port, "autoscaler-b")
+                status, _, _ = await infer(session, act.port)
+                assert status == 200
+
+    writes = [w for w in k8s.emu.writes if w.resource == "apps/v1/deployments"]
+    a = [w.at_s for w in writes if w.identity == "autoscaler-a"]
+    b = [w.at_s for w in writes if w.identity == "autoscaler-b"]
+    assert a and b and max(a) < killed_at < min(b), "replicas were never written by both"
+    assert {w.identity for w in writes} == {"autoscaler-a", "autoscaler-b"}
+    ms = k8s.get(MS, "iris") or {}
+    assert ms["status"]["lastColdStartSeconds"] > 0
+    await asyncio.sleep(0)
