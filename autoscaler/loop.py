@@ -486,30 +486,36 @@ class Autoscaler:
 
     # --- observability ------------------------------------------------------------------------
 
+    def __contains__(self, model: object) -> bool:
+        return model in self._models
+
     def status(self) -> dict[str, Any]:
         now = self.clock()
-        rows = self._rows
-        models: dict[str, Any] = {}
-        for name, model in self._models.items():
-            r = model.row
-            models[name] = {
-                "desired": int(rows.desired[r]),
-                "ready": int(rows.ready[r]),
-                "panic": bool(rows.panic[r]),
-                "valid": bool(rows.valid[r]),
-                "sent": int(rows.told[r]),
-                "metric": model.config.metric,
-                "stable": _finite(rows.stable[r]),
-                "panic_value": _finite(rows.panic_value[r]),
-                "excess_burst_capacity": int(rows.ebc[r]),
-                "policy": model.svc.scaling.policy,
-                "decided_at": _finite(rows.decided_at[r]),
-            }
         return {
-            "models": models,
+            "models": {name: self._model_status(model) for name, model in self._models.items()},
             "stale": self._stale(now),
             "last_report_age_s": None if self._last_report_at is None else now - self._last_report_at,
             "last_tick_ms": None if self.last_tick_s is None else self.last_tick_s * 1e3,
+        }
+
+    def model_status(self, name: str) -> dict[str, Any] | None:
+        model = self._models.get(name)
+        return None if model is None else self._model_status(model)
+
+    def _model_status(self, model: _Model) -> dict[str, Any]:
+        rows, r = self._rows, model.row
+        return {
+            "desired": int(rows.desired[r]),
+            "ready": int(rows.ready[r]),
+            "panic": bool(rows.panic[r]),
+            "valid": bool(rows.valid[r]),
+            "sent": int(rows.told[r]),
+            "metric": model.config.metric,
+            "stable": _finite(rows.stable[r]),
+            "panic_value": _finite(rows.panic_value[r]),
+            "excess_burst_capacity": int(rows.ebc[r]),
+            "policy": model.svc.scaling.policy,
+            "decided_at": _finite(rows.decided_at[r]),
         }
 
     def decision_rows(self) -> Iterator[DecisionRow]:
