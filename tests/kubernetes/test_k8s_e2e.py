@@ -82,6 +82,9 @@ async def scale_to_zero_and_back(k8s: Harness, session: aiohttp.ClientSession, p
     assert replicas(k8s) >= 1
     scale_ups = [w for w in k8s.emu.scale_writes() if w.subresource == "scale" and w.replicas]
     assert scale_ups[-1].identity == writer
+    assert took < 20
+    print(f"\n{writer}: request at zero answered in {took:.2f}s (queue + scale + start + ready)",
+          file=sys.stderr)
 
 
 async def test_scale_to_zero_from_zero_and_leader_failover(k8s: Harness, tmp_path: Path) -> None:
@@ -111,6 +114,7 @@ async def test_scale_to_zero_from_zero_and_leader_failover(k8s: Harness, tmp_pat
                                  what="b to take over")
                 takeover_s = k8s.emu.clock() - killed_at
                 assert takeover_s <= LEASE_S + 2 * RETRY_S + 1.0, takeover_s
+                print(f"\ntakeover {takeover_s:.2f}s after SIGKILL (lease {LEASE_S}s)", file=sys.stderr)
 
                 await scale_to_zero_and_back(k8s, session, act.port, "autoscaler-b")
                 status, _, _ = await infer(session, act.port)
