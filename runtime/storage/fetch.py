@@ -133,16 +133,16 @@ def _os_error(uri: str, err: OSError) -> StorageError:
 
 
 async def prefetch(uri: str, cache: NodeCache, config: TransferConfig | None = None) -> Path:
-    """Make sure the node cache holds `uri`; return the entry directory (its files are under data/)."""
-    ensured = await _ensure(_remote(uri), cache, config or TransferConfig())
+    """Make sure the node cache holds `uri`; return the entry directory (its files are under data/).
+    file:// and pvc:// are read in place, never cached: their path is returned as it is."""
+    parsed = parse_uri(uri)
+    if parsed.is_local:
+        assert parsed.local_path is not None
+        if not await asyncio.to_thread(parsed.local_path.exists):
+            raise NotFoundError(uri, f"not found ({parsed.local_path} does not exist)")
+        return parsed.local_path
+    ensured = await _ensure(parsed, cache, config or TransferConfig())
     return ensured.entry
-
-
-def _remote(raw: str) -> StorageUri:
-    uri = parse_uri(raw)
-    if uri.is_local:
-        raise StorageError(raw, "local paths are read in place and never cached")
-    return uri
 
 
 def link_tree(src: Path, dest: Path) -> tuple[int, int]:
@@ -191,8 +191,10 @@ def _local(uri: StorageUri, dest: Path) -> tuple[int, int]:
             )
         shutil.copy2(src, dest / src.name)
         return src.stat().st_size, 1
+    if _same_device(src, dest):  # hard links: no copy, and model servers never write their files
+        return link_tree(src, dest)
     if uri.scheme == "pvc":  # a mounted volume: point at it, copying would defeat its purpose
-        return link_tree(src, dest) if _same_device(src, dest) else _symlink_dir(src, dest)
+        return _symlink_dir(src, dest)
     shutil.copytree(src, dest, dirs_exist_ok=True)
     return sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()), sum(
         1 for p in dest.rglob("*") if p.is_file()
