@@ -137,6 +137,18 @@ def shard_files(model_dir: Path) -> list[Path]:
     return files
 
 
+def checkpoint_identity(model_dir: Path) -> str:
+    """Which files these are, not where they sit: the backend hands each replica its own directory of
+    hard links (or symlinks) into the node cache, so two directories holding the same cache entry
+    give the same identity, and a new version (a new cache entry) a different one."""
+    files = [*shard_files(model_dir), model_dir / "config.json"]
+    parts = []
+    for f in files:
+        st = f.stat()   # follows symlinks
+        parts.append(f"{f.name}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
+    return "|".join(parts)
+
+
 def torch_dtype(name: str) -> torch.dtype:
     import torch
 

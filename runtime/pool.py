@@ -97,7 +97,8 @@ class PoolBusy(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _ParkedSource:
-    model_dir: str
+    model_dir: str       # where it was loaded from last (informative)
+    identity: str        # runtime.loader.checkpoint_identity: what must match to reuse the weights
 
 
 class WarmPool:
@@ -114,6 +115,7 @@ class WarmPool:
         self.warm_error: str | None = None
         self.last_load: dict[str, Any] | None = None
         self._parked_dirs: dict[str, _ParkedSource] = {}
+        self._identity = ""
         self._warmed = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -136,11 +138,19 @@ class WarmPool:
             if self.state != "idle":
                 raise PoolBusy(f"pool process is {self.state}, not idle")
             self.state = "loading"
+            from runtime.loader import checkpoint_identity
+
+            try:
+                identity = await asyncio.to_thread(checkpoint_identity, model_dir)
+            except Exception:
+                self.state = "idle"
+                raise
             source = self._parked_dirs.get(model_name)
-            parked = self.lot.get(model_name) if source and source.model_dir == str(model_dir) else None
+            parked = self.lot.get(model_name) if source and source.identity == identity else None
             if source is not None and parked is None:   # a new version of the model: the old one is stale
                 self.lot.drop(model_name)
                 self._parked_dirs.pop(model_name, None)
+            self._identity = identity
             model = HFModel(ModelConfig(name=model_name, model_dir=model_dir), loader=self.loader,
                             parked=parked.tensors if parked else None)
             self.host.model, self.host.name, self.host.state = model, model_name, "loading"
@@ -183,7 +193,7 @@ class WarmPool:
             if park and name not in self.lot:
                 tensors = await asyncio.to_thread(to_host, model.loaded.tensors)
                 if self.lot.park(name, tensors):
-                    self._parked_dirs[name] = _ParkedSource(str(model_dir))
+                    self._parked_dirs[name] = _ParkedSource(str(model_dir), self._identity)
             self._parked_dirs = {k: v for k, v in self._parked_dirs.items() if k in self.lot}
             parked = name in self.lot
             model.unload()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -47,6 +48,14 @@ def pool_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         print((tmp_path / "pool.log").read_text()[-3000:])
 
 
+def _link_and_copy(src: Path, linked: Path, copied: Path) -> None:
+    linked.mkdir()
+    copied.mkdir()
+    for f in src.iterdir():
+        os.link(f, linked / f.name)
+        shutil.copy(f, copied / f.name)
+
+
 async def _http_status(port: int, path: str) -> int:
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}{path}") as r:
         return r.status
@@ -62,7 +71,8 @@ async def _first_streamed_token(port: int) -> str:
         return text
 
 
-async def test_cold_start_through_the_pool_then_parked(pool_port: int, tiny_llama: Path) -> None:
+async def test_cold_start_through_the_pool_then_parked(pool_port: int, tiny_llama: Path,
+                                                       tmp_path: Path) -> None:
     port = pool_port
     # Liveness answers while the process is still importing torch.
     deadline = asyncio.get_running_loop().time() + 10
@@ -104,6 +114,15 @@ async def test_cold_start_through_the_pool_then_parked(pool_port: int, tiny_llam
     assert second.source == "parked" and second.bytes_loaded == first.bytes_loaded
     assert await _first_streamed_token(port) == text                   # same weights, same greedy text
     assert (await pool.unload("127.0.0.1", port, park=False))["parked"] is True   # still parked
+
+    # The backend gives each replica its own directory of hard links into the node cache: same files,
+    # same parked weights. A copy (a new version, to the loader) is read from disk again.
+    linked, copied = tmp_path / "linked", tmp_path / "copied"
+    _link_and_copy(tiny_llama, linked, copied)
+    assert (await pool.load("127.0.0.1", port, linked, "tiny")).source == "parked"
+    await pool.unload("127.0.0.1", port, park=True)
+    assert (await pool.load("127.0.0.1", port, copied, "tiny")).source == "disk"
+    await pool.unload("127.0.0.1", port, park=False)
 
 
 async def test_bad_requests_leave_the_process_usable(pool_port: int, tmp_path: Path) -> None:
