@@ -7,7 +7,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,7 +157,10 @@ class ModelHost:
         except Exception as e:
             log.exception("predict failed model=%s", self.name)
             raise ModelFailure(f"{type(e).__name__}: {e}") from e
-        assert not inspect.isawaitable(result)
+        if not isinstance(result, Mapping) or not all(isinstance(k, str) for k in result):
+            raise ModelFailure(
+                f"predict() returned {type(result).__name__}, not a mapping of output name to array"
+            )
         return result
 
     async def generate(self, prompt: str, params: GenerationParams) -> AsyncGenerator[str, None]:

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from runtime.server.context import HOST, endpoint, json_response, read_json
-from runtime.server.errors import BadRequest, ServerError, status_of
+from runtime.server.errors import BadRequest, ModelFailure, ServerError, status_of
 from runtime.server.host import ModelHost
 
 # OpenAI's model object has a creation time; a replica's is its process start.
@@ -103,8 +103,13 @@ async def predict(request: web.Request) -> web.Response:
     results = await host.predict(_instances_to_arrays(host, instances))
     # v1 has one answer per instance: the model's first declared output (or its only one).
     names = [spec.name for spec in host.model.outputs] or list(results)
+    if not names or names[0] not in results:
+        raise ModelFailure(f"predict() returned {sorted(results)}, no {names[0] if names else 'output'}")
     primary = np.asarray(results[names[0]])
-    encoded, _ = encode_output(names[0], primary, binary=False)
+    try:
+        encoded, _ = encode_output(names[0], primary, binary=False)
+    except ValueError as e:
+        raise ModelFailure(f"output {names[0]}: {e}") from e
     flat = encoded["data"]
     predictions = np.asarray(flat, dtype=object).reshape(primary.shape).tolist() if primary.ndim > 1 else flat
     return json_response({"predictions": predictions})

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from runtime.server.context import HOST, endpoint, json_response, read_body, read_json
-from runtime.server.errors import BadRequest, ModelNotFound, ServerError, status_of
+from runtime.server.errors import BadRequest, ModelFailure, ModelNotFound, ServerError, status_of
 
 SERVER_NAME = "zeroserve"
 SERVER_VERSION = "0.1.0"
@@ -94,6 +94,8 @@ async def _read_request(request: web.Request) -> tuple[Any, memoryview | None]:
 @endpoint("v2", render_error, inference=True)
 async def infer(request: web.Request) -> web.Response:
     # numpy comes with the first tensor request (a model that uses tensors has imported it already).
+    import numpy as np
+
     from runtime.server import tensors
 
     host = request.app[HOST]
@@ -140,7 +142,10 @@ async def infer(request: web.Request) -> web.Response:
 
     outputs, blobs = [], []
     for name, as_binary in selected:
-        encoded, raw = tensors.encode_output(name, results[name], as_binary)
+        try:
+            encoded, raw = tensors.encode_output(name, np.asarray(results[name]), as_binary)
+        except ValueError as e:  # a dtype with no Open Inference datatype (complex, datetime...)
+            raise ModelFailure(f"output {name}: {e}") from e
         outputs.append(encoded)
         blobs.append(raw)
     response: dict[str, Any] = {

@@ -54,3 +54,14 @@ class BrokenPredict(Model):
 
 class NotAModel:
     pass
+
+
+class OddOutputs(Model):
+    """Returns a plain list for one output and a complex array for another."""
+
+    def predict(self, inputs: Arrays) -> Any:
+        if "complex" in inputs:
+            return {"c": np.array([1 + 2j])}
+        if "notamap" in inputs:
+            return [1, 2]
+        return {"y": [1.5, 2.5]}

@@ -140,6 +140,29 @@ async def test_predict_exception_is_a_500_in_protocol_shape(tmp_path: Path) -> N
         assert server.stop() == 0
 
 
+async def test_odd_predict_results(tmp_path: Path) -> None:
+    server = start_server(
+        tmp_path, "--model", "plugin_models:OddOutputs", "--model-name", "odd", extra_path=HERE
+    )
+
+    def body(name: str) -> dict[str, Any]:
+        return {"inputs": [{"name": name, "datatype": "FP32", "shape": [1], "data": [1]}]}
+
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(server.url + "/v2/models/odd/infer", json=body("x")) as r:
+                out = (await r.json())["outputs"][0]  # a list is taken as an array
+            assert (out["datatype"], out["data"]) == ("FP64", [1.5, 2.5])
+            async with s.post(server.url + "/v2/models/odd/infer", json=body("complex")) as r:
+                assert r.status == 500 and "output c" in (await r.json())["error"]
+            async with s.post(server.url + "/v2/models/odd/infer", json=body("notamap")) as r:
+                assert r.status == 500 and "not a mapping" in (await r.json())["error"]
+            async with s.post(server.url + "/v1/models/odd:predict", json={"instances": [1.0]}) as r:
+                assert r.status == 400 and "declares no inputs" in (await r.json())["error"]
+    finally:
+        assert server.stop() == 0
+
+
 def test_load_failure_exits_1(tmp_path: Path) -> None:
     server = start_server(tmp_path, "--model", "plugin_models:BrokenLoad", extra_path=HERE, ready=False)
     assert server.proc.wait(15) == 1
