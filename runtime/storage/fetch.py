@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import json
 import logging
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runtime.storage import metrics
 from runtime.storage.archive import extract, is_archive
@@ -145,36 +149,80 @@ async def prefetch(uri: str, cache: NodeCache, config: TransferConfig | None = N
     return ensured.entry
 
 
-def link_tree(src: Path, dest: Path) -> tuple[int, int]:
-    """Hard-link every file of `src` into `dest` (symlinks when they are on different filesystems)."""
-    nbytes = files = 0
-    use_symlinks = False
+@dataclass(slots=True)
+class _Linked:
+    nbytes: int = 0
+    files: int = 0
+    symlinks: bool = False  # set on the first EXDEV: dest is on another filesystem
+
+
+def link_tree(src: Path, dest: Path, *, count_bytes: bool = True) -> tuple[int, int]:
+    """Hard-link every file of `src` into `dest` (symlinks when they are on different filesystems).
+    Works relative to directory fds with scandir, so a cache hit costs about one syscall per file."""
     dest.mkdir(parents=True, exist_ok=True)
-    for dirpath, dirs, names in os.walk(src):
-        rel = os.path.relpath(dirpath, src)
-        out_dir = dest if rel == "." else dest / rel
-        for d in dirs:
-            (out_dir / d).mkdir(exist_ok=True)
-        for name in names:
-            s = os.path.join(dirpath, name)
-            target = out_dir / name
-            if target.exists() or target.is_symlink():
-                target.unlink()
-            if os.path.islink(s):
-                os.symlink(os.readlink(s), target)
-                continue
-            if not use_symlinks:
-                try:
-                    os.link(s, target)
-                except OSError as err:
-                    if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                        raise
-                    use_symlinks = True  # cross-device: point at the read-only cache copy instead
-            if use_symlinks:
-                os.symlink(s, target)
-            nbytes += os.stat(s).st_size
-            files += 1
-    return nbytes, files
+    state = _Linked()
+    src_fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        dst_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            _link_dir(str(src), src_fd, dst_fd, state, count_bytes)
+        finally:
+            os.close(dst_fd)
+    finally:
+        os.close(src_fd)
+    return state.nbytes, state.files
+
+
+def _replacing(name: str, dst_fd: int, make: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """Create `name` in dst_fd with make(*args, **kwargs), replacing what a previous run left."""
+    try:
+        make(*args, **kwargs)
+    except FileExistsError:  # a replica restarting into its old directory
+        os.unlink(name, dir_fd=dst_fd)
+        make(*args, **kwargs)
+
+
+def _link_dir(src_path: str, src_fd: int, dst_fd: int, state: _Linked, count_bytes: bool) -> None:
+    with os.scandir(src_fd) as it:
+        entries = list(it)
+    for e in entries:
+        name = e.name
+        if e.is_dir(follow_symlinks=False):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, dir_fd=dst_fd)
+            child_src = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=src_fd)
+            child_dst = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=dst_fd)
+            try:
+                _link_dir(os.path.join(src_path, name), child_src, child_dst, state, count_bytes)
+            finally:
+                os.close(child_src)
+                os.close(child_dst)
+            continue
+        if e.is_symlink():
+            target = os.readlink(name, dir_fd=src_fd)
+            _replacing(name, dst_fd, os.symlink, target, name, dir_fd=dst_fd)
+            continue
+        if not state.symlinks:
+            try:
+                _replacing(name, dst_fd, os.link, name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+            except OSError as err:
+                if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise
+                state.symlinks = True  # cross-device: point at the read-only cache copy instead
+        if state.symlinks:
+            full = os.path.join(src_path, name)
+            _replacing(name, dst_fd, os.symlink, full, name, dir_fd=dst_fd)
+        if count_bytes:
+            state.nbytes += e.stat(follow_symlinks=False).st_size
+        state.files += 1
+
+
+def _read_meta(entry: Path) -> dict[str, Any] | None:
+    try:
+        meta: dict[str, Any] = json.loads((entry / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None  # evicted between lookup and lock
+    return meta
 
 
 def _local(uri: StorageUri, dest: Path) -> tuple[int, int]:
@@ -245,8 +293,12 @@ async def materialize(
                 ensured = await _ensure(parsed, cache, cfg)
                 async with cache.lock(ensured.entry.name, shared=True):  # keeps eviction away while we link
                     # Another process may have evicted it between our lookup and the lock.
-                    if (ensured.entry / "meta.json").is_file():
-                        nbytes, files = await asyncio.to_thread(link_tree, ensured.entry / "data", dest)
+                    meta = _read_meta(ensured.entry)
+                    if meta is not None:
+                        _, files = await asyncio.to_thread(
+                            link_tree, ensured.entry / "data", dest, count_bytes=False
+                        )
+                        nbytes = int(meta["bytes"])
                         break
             else:
                 raise StorageError(uri, "cache entry kept being evicted while linking; budget too small?")

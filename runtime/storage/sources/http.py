@@ -8,6 +8,7 @@ server sends them; otherwise only the size is verified.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -119,24 +120,13 @@ class HttpSource:
 
     async def _list_directory(self) -> Listing:
         files: list[RemoteFile] = []
-        pending = [("", self.uri.raw)]
-        while pending:
-            rel_dir, url = pending.pop()
-            for entry in await self._get_index(url):
-                name = str(entry.get("name", ""))
-                if not name or "/" in name or name in (".", ".."):
-                    raise StorageError(self.uri.raw, f"bad name {name!r} in the listing of {url}")
-                child = urljoin(url, quote(name))
-                if entry.get("type") == "directory":
-                    pending.append((f"{rel_dir}{name}/", child + "/"))
-                elif entry.get("type") == "file":
-                    path = safe_relative_path(self.uri.raw, rel_dir + name)
-                    size = int(str(entry.get("size", -1)))
-                    if size < 0:
-                        raise StorageError(self.uri.raw, f"{path}: listing has no size")
-                    files.append(RemoteFile(path, size, child, etag=str(entry.get("mtime", ""))))
-                if len(files) > MAX_LISTED_FILES:
-                    raise StorageError(self.uri.raw, f"more than {MAX_LISTED_FILES} files under the URL")
+        level = [("", self.uri.raw)]
+        while level:
+            # One level of the tree at a time, its folders listed concurrently.
+            indexes = await asyncio.gather(*(self._get_index(url) for _, url in level))
+            pending, level = list(zip(level, indexes, strict=True)), []
+            for (rel_dir, url), index in pending:
+                self._add_entries(rel_dir, url, index, files, level)
         files.sort(key=lambda f: f.path)
         if not files:
             raise StorageError(self.uri.raw, "directory listing is empty")
@@ -144,6 +134,30 @@ class HttpSource:
             "\n".join(f"{f.path}|{f.size_bytes}|{f.etag}" for f in files).encode()
         ).hexdigest()
         return Listing(version=fingerprint[:32], files=tuple(files))
+
+    def _add_entries(
+        self,
+        rel_dir: str,
+        url: str,
+        index: list[dict[str, object]],
+        files: list[RemoteFile],
+        subdirs: list[tuple[str, str]],
+    ) -> None:
+        for entry in index:
+            name = str(entry.get("name", ""))
+            if not name or "/" in name or name in (".", ".."):
+                raise StorageError(self.uri.raw, f"bad name {name!r} in the listing of {url}")
+            child = urljoin(url, quote(name))
+            if entry.get("type") == "directory":
+                subdirs.append((f"{rel_dir}{name}/", child + "/"))
+            elif entry.get("type") == "file":
+                path = safe_relative_path(self.uri.raw, rel_dir + name)
+                size = int(str(entry.get("size", -1)))
+                if size < 0:
+                    raise StorageError(self.uri.raw, f"{path}: listing has no size")
+                files.append(RemoteFile(path, size, child, etag=str(entry.get("mtime", ""))))
+            if len(files) > MAX_LISTED_FILES:
+                raise StorageError(self.uri.raw, f"more than {MAX_LISTED_FILES} files under the URL")
 
     async def _get_index(self, url: str) -> list[dict[str, object]]:
         try:
