@@ -1,10 +1,9 @@
 """A hand-written NVML stand-in for tests (no GPU here): two GPUs whose figures a test can change.
 
 It implements the pynvml function names that ``runtime.gpu.NvmlLike`` lists, so it is injected at
-that boundary: ``GpuInventory(FakeNvml())``. Other packages' tests may import it too; with
-``tests/runtime`` on sys.path (pytest's default rootdir-relative import puts it there for tests in
-this folder) it is ``from fake_nvml import FakeNvml``; from elsewhere, load it by path, e.g.
-``importlib.util.spec_from_file_location("fake_nvml", REPO / "tests/runtime/fake_nvml.py")``.
+that boundary: ``GpuInventory(FakeNvml())``. Tests in this folder import it as
+``from fake_nvml import FakeNvml`` (pytest puts the folder on sys.path); tests elsewhere as
+``from tests.runtime.fake_nvml import FakeNvml`` (tests/conftest.py puts the repo root on sys.path).
 
     nvml = FakeNvml()                           # 2 x 80 GiB, 1 GiB used, idle
     nvml.set_memory_used(1, 40 * GIB)
