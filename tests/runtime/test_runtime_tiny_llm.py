@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 
 import aiohttp
@@ -162,3 +164,33 @@ async def test_not_ready_while_loading(tmp_path_factory: pytest.TempPathFactory)
         assert startup["load_s"] >= 1.5
     finally:
         assert server.stop() == 0
+
+
+async def test_concurrent_streams_interleave(tmp_path_factory: pytest.TempPathFactory) -> None:
+    server = start_server(
+        tmp_path_factory.mktemp("many"),
+        "--model",
+        "tiny-llm",
+        "--load-time-s",
+        "0",
+        "--token-latency-s",
+        "0.05",
+    )
+    prompts = [p for p in (f"concurrent {i}" for i in range(200)) if len(pseudo_text(p, None, 10)) == 10][:16]
+    try:
+        async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0) as client:
+
+            async def one(prompt: str) -> int:
+                stream = await client.completions.create(
+                    model="tiny-llm", prompt=prompt, max_tokens=10, stream=True
+                )
+                return len([c async for c in stream if c.choices and c.choices[0].text])
+
+            started = time.monotonic()
+            counts = await asyncio.gather(*(one(p) for p in prompts))
+            elapsed = time.monotonic() - started
+    finally:
+        assert server.stop() == 0
+    assert counts == [10] * 16
+    # One after another this is 16 x 10 x 0.05 s = 8 s; interleaved it is about one stream's 0.5 s.
+    assert elapsed < 4.0, elapsed
