@@ -378,9 +378,7 @@ class Exchange:
         """Answer with the error if nothing was sent yet; otherwise cut the stream."""
         if self.state == DONE:
             return
-        if self.up is not None:
-            self.up.abandon()
-            self.up = None
+        self._detach()
         if err.model is None and self.model is not None:
             err.model = self.model
         if self.state == RESPONDING:
@@ -408,14 +406,19 @@ class Exchange:
         """The client went away: drop the queued or upstream request."""
         if self.state == DONE:
             return
+        self._detach()
+        self.close_after = True
+        self.finish("499")
+
+    def _detach(self) -> None:
+        """Drop whatever is under way for this exchange: a wait for a slot or a connection (the
+        gate dequeues a cancelled wait), or a request out on a replica connection."""
         if self.task is not None:
             self.task.cancel()
             self.task = None
         if self.up is not None:
             self.up.abandon()
             self.up = None
-        self.close_after = True
-        self.finish("499")
 
     def finish(self, code: str) -> None:
         if self.state == DONE:

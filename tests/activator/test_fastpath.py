@@ -361,3 +361,39 @@ async def test_upstream_response_is_passed_through_verbatim(stack: Stack) -> Non
     assert b"Transfer-Encoding: chunked\r\n" in raw and b"X-Odd: a,b\r\n" in raw
     assert raw.endswith(b"4\r\none \r\n4\r\ntwo \r\n5\r\nthree\r\n0\r\n\r\n")
     await runner.cleanup()
+
+
+async def test_slow_client_pauses_the_replica_instead_of_buffering(stack: Stack) -> None:
+    total = 64 << 20
+    sent = 0
+
+    async def firehose(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        resp = web.StreamResponse()
+        resp.content_length = total
+        await resp.prepare(request)
+        block = b"z" * (1 << 20)
+        for _ in range(total >> 20):
+            await resp.write(block)   # waits while the activator stops reading
+            sent += len(block)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", firehose)
+    runner, port = await _serve(app)
+    stack.publish("m", [Endpoint("f", "127.0.0.1", port)])
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port, limit=1 << 16)
+    writer.write(b"GET /v1/models/m HTTP/1.1\r\nHost: x\r\n\r\n")
+    await reader.readexactly(1 << 16)
+    await asyncio.sleep(0.5)   # the client reads nothing for a while
+    (client,) = stack.fast.clients
+    assert client.transport is not None
+    buffered = client.transport.get_write_buffer_size()
+    assert sent < 16 << 20, f"the replica got {sent} bytes out while the client read 64 KiB"
+    assert buffered < 8 << 20
+    got = 1 << 16
+    while got < total:   # and the whole stream still arrives once the client reads
+        got += len(await asyncio.wait_for(reader.read(1 << 20), 5))
+    assert got >= total
+    writer.close()
+    await runner.cleanup()
