@@ -235,6 +235,7 @@ class Loader:
         self.readers = readers or min(8, max(2, os.cpu_count() or 2))
         self.chunk_bytes = chunk_bytes
         self._staging: list[tuple[torch.Tensor, torch.Tensor]] = []   # per reader: 2 pinned buffers
+        self._device: torch.device | None = None
 
     def warm(self, device: torch.device) -> None:
         """Allocate the pinned buffers now (cudaHostAlloc of 1 GiB takes a noticeable time)."""
@@ -271,6 +272,7 @@ class Loader:
         if cuda:
             assert device is not None
             self.warm(device)
+            self._device = device
         errors: list[BaseException] = []
         started = time.perf_counter()
         threads = [
@@ -329,6 +331,7 @@ class Loader:
                      fds: dict[Path, int]) -> None:
         import torch
 
+        torch.cuda.set_device(self._device)   # the current device is per thread
         stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         buffers = self._staging[index]
         events = (torch.cuda.Event(), torch.cuda.Event())  # type: ignore[no-untyped-call]
@@ -414,9 +417,15 @@ def build_skeleton(model_dir: Path, dtype: torch.dtype) -> Any:
 
 
 def copy_tensors(source: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """Fresh device tensors holding ``source`` (parked host weights): one copy each, async from pinned."""
+    """Device tensors holding ``source`` (parked host weights): one copy each, async from pinned.
+
+    On CPU the parked tensors already are where the model computes: it uses them in place (inference
+    never writes its weights), so a parked CPU start copies nothing.
+    """
     import torch
 
+    if device.type == "cpu" and all(t.device.type == "cpu" for t in source.values()):
+        return dict(source)
     out = {name: torch.empty_like(t, device=device) for name, t in source.items()}
     for name, t in source.items():
         out[name].copy_(t, non_blocking=t.is_pinned())

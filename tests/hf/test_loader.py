@@ -128,13 +128,18 @@ def test_model_matches_from_pretrained(fixture: str, request: pytest.FixtureRequ
         assert torch.equal(reference(ids).logits, model(ids).logits)
 
 
-def test_parked_source_is_a_copy(tiny_llama: Path) -> None:
+def test_parked_cpu_weights_are_used_in_place(tiny_llama: Path) -> None:
     first = load_model(tiny_llama, CPU, loader=Loader())
     again = load_model(tiny_llama, CPU, loader=Loader(), parked=first.tensors)
     assert again.source == "parked"
+    assert again.bytes_loaded == first.bytes_loaded
     for name, t in first.tensors.items():
-        assert _bits(t) == _bits(again.tensors[name])
-        assert t.data_ptr() != again.tensors[name].data_ptr()
+        assert again.tensors[name].data_ptr() == t.data_ptr()     # on CPU: no copy at all
+    embed = "model.embed_tokens.weight"
+    assert again.model.state_dict()[embed].data_ptr() == first.tensors[embed].data_ptr()
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.inference_mode():
+        assert torch.equal(first.model(ids).logits, again.model(ids).logits)
 
 
 def _write_raw(path: Path, header: object, payload: bytes) -> Path:
