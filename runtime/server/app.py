@@ -68,7 +68,8 @@ def create_app(
 async def serve(host: ModelHost, options: ServeOptions, gpus: GpuInventory | None = None) -> int:
     """Listen at once, load, serve until SIGTERM/SIGINT, then drain. Returns the exit code."""
     app = create_app(host, gpus, max_body_bytes=options.max_body_bytes)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    # The drain grace below is the bound on in-flight work; aiohttp's own wait on top stays short.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.25)
     await runner.setup()
     site = web.TCPSite(runner, options.host, options.port, backlog=1024, reuse_address=True)
     await site.start()
