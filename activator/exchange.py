@@ -38,6 +38,7 @@ NEW, WAIT_BODY, QUEUED, CONNECTING, SENT, RESPONDING, DONE = range(7)
 RETRYABLE = frozenset(m.encode() for m in RETRYABLE_METHODS)
 CODES = {code: str(code) for code in range(100, 600)}
 JSON = [("Content-Type", "application/json")]
+MODEL_LIST_BYTES = frozenset(p.encode() for p in MODEL_LIST_PATHS)
 
 
 def _wire(chunks: list[bytes], chunked: bool) -> bytes:
@@ -150,7 +151,7 @@ class Exchange:
                 ok = not act.closing
                 self._respond(200 if ok else 503, b'{"status": "ok"}' if ok else b'{"status": "draining"}')
                 return
-            if path.decode("latin-1") in MODEL_LIST_PATHS:
+            if path in MODEL_LIST_BYTES:
                 self._respond(200, act._model_list().body)  # type: ignore[arg-type]
                 return
         route = fp.route(self.host, path)
