@@ -55,31 +55,42 @@ class BatchConfig:
 
     @staticmethod
     def from_configs(configs: Sequence[PolicyConfig]) -> BatchConfig:
-        def floats(name: str) -> FloatArray:
-            return np.array([getattr(c, name) for c in configs], dtype=np.float64)
+        columns = {
+            name: np.array([getattr(c, name) for c in configs], dtype=_dtype(kind))
+            for name, kind in _CONFIG_COLUMNS.items()
+        }
+        return BatchConfig(**columns)
 
-        def ints(name: str) -> IntArray:
-            return np.array([getattr(c, name) for c in configs], dtype=np.int64)
+    def set(self, i: int, config: PolicyConfig) -> None:
+        """Change one row in place (a model's spec changed)."""
+        for name in _CONFIG_COLUMNS:
+            getattr(self, name)[i] = getattr(config, name)
 
-        return BatchConfig(
-            target_value=floats("target_value"),
-            total_value=floats("total_value"),
-            panic_threshold=floats("panic_threshold"),
-            stable_window_s=floats("stable_window_s"),
-            max_scale_up_rate=floats("max_scale_up_rate"),
-            max_scale_down_rate=floats("max_scale_down_rate"),
-            tick_s=floats("tick_s"),
-            delay_buckets=ints("delay_buckets"),
-            min_scale=ints("min_scale"),
-            max_scale=ints("max_scale"),
-            initial_scale=ints("initial_scale"),
-            activation_scale=ints("activation_scale"),
-            scale_to_zero_grace_s=floats("scale_to_zero_grace_s"),
-            scale_to_zero_retention_s=floats("scale_to_zero_retention_s"),
-            target_burst_capacity=floats("target_burst_capacity"),
-            activation_timeout_s=floats("activation_timeout_s"),
-            reachable=np.array([c.reachable for c in configs], dtype=np.bool_),
-        )
+
+def _dtype(kind: str) -> type[np.generic]:
+    return {"float": np.float64, "int": np.int64, "bool": np.bool_}[kind]
+
+
+# Each column of BatchConfig is the PolicyConfig attribute (field or property) of the same name.
+_CONFIG_COLUMNS: Final[dict[str, str]] = {
+    "target_value": "float",
+    "total_value": "float",
+    "panic_threshold": "float",
+    "stable_window_s": "float",
+    "max_scale_up_rate": "float",
+    "max_scale_down_rate": "float",
+    "tick_s": "float",
+    "delay_buckets": "int",
+    "min_scale": "int",
+    "max_scale": "int",
+    "initial_scale": "int",
+    "activation_scale": "int",
+    "scale_to_zero_grace_s": "float",
+    "scale_to_zero_retention_s": "float",
+    "target_burst_capacity": "float",
+    "activation_timeout_s": "float",
+    "reachable": "bool",
+}
 
 
 class BatchState:
@@ -437,14 +448,17 @@ class BatchWindows:
 
     def ingest(self, samples: Sequence[StatSample], row_of: Mapping[str, int]) -> int:
         """Record samples of known models (row_of) in order; returns how many were used."""
+        found = [(row_of.get(s.model), s) for s in samples]
+        known = [(row, s) for row, s in found if row is not None]
+        if len({row for row, _ in known}) == len(known):
+            if known:
+                self._record_round(known)  # the usual report: each model once
+            return len(known)
+        # A model twice in one call goes to a later round, so each round has unique rows and every
+        # model still sees its samples in arrival order.
         rounds: list[list[tuple[int, StatSample]]] = []
         seen: dict[int, int] = {}
-        for sample in samples:
-            row = row_of.get(sample.model)
-            if row is None:
-                continue
-            # A model twice in one call goes to a later round, so each round has unique rows and
-            # every model still sees its samples in arrival order.
+        for row, sample in known:
             n = seen.get(row, 0)
             seen[row] = n + 1
             if n == len(rounds):
@@ -452,22 +466,24 @@ class BatchWindows:
             rounds[n].append((row, sample))
         for batch in rounds:
             self._record_round(batch)
-        return sum(seen.values())
+        return len(known)
 
     def _record_round(self, batch: list[tuple[int, StatSample]]) -> None:
-        rows = np.fromiter((r for r, _ in batch), dtype=np.int64, count=len(batch))
-        at = np.fromiter((s.at for _, s in batch), dtype=np.float64, count=len(batch))
-        conc = np.fromiter((s.avg_concurrency for _, s in batch), dtype=np.float64, count=len(batch))
-        rate = np.fromiter(
-            (s.requests / s.period_s if s.period_s > 0 else s.requests for _, s in batch),
-            dtype=np.float64,
-            count=len(batch),
+        rows = np.array([r for r, _ in batch], dtype=np.int64)
+        at = np.array([s.at for _, s in batch], dtype=np.float64)
+        conc = np.array([s.avg_concurrency for _, s in batch], dtype=np.float64)
+        rate = np.array(
+            [s.requests / s.period_s if s.period_s > 0 else s.requests for _, s in batch], dtype=np.float64
         )
         index = np.floor(at / BUCKET_S).astype(np.int64)
-        by_activator: dict[str, list[int]] = {}
-        for j, (_, s) in enumerate(batch):
-            by_activator.setdefault(s.activator_id, []).append(j)
-        for activator, ks in by_activator.items():
+        activators = [s.activator_id for _, s in batch]
+        groups: dict[str, list[int]] = {}
+        if len(set(activators)) == 1:
+            groups[activators[0]] = list(range(len(batch)))
+        else:
+            for j, activator in enumerate(activators):
+                groups.setdefault(activator, []).append(j)
+        for activator, ks in groups.items():
             means = self._activators.get(activator)
             if means is None:
                 means = self._activators[activator] = _ActivatorMeans(self.capacity)

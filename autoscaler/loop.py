@@ -147,10 +147,13 @@ class Autoscaler:
         self._row_of: dict[str, int] = {}
         self._free: list[int] = []
         self._configs: list[PolicyConfig] = []  # per row; free rows keep a harmless default
+        self._names: list[str] = []  # per row; "" for a free row
+        self._occupied = np.zeros(0, dtype=np.bool_)
         self._rows_used = 0
         self._batch_config = BatchConfig.from_configs([])
         self._use_rps = np.zeros(0, dtype=np.bool_)
         self._config_dirty = False
+        self._dirty_rows: set[int] = set()
         self._state = BatchState(0, 1)
         self._windows = BatchWindows([], [])
         self._rows = _Rows(0)
@@ -182,6 +185,8 @@ class Autoscaler:
             model = _Model(svc.name, row, svc, config, self._new_policy(svc, config, ready, now))
             self._models[svc.name] = model
             self._row_of[svc.name] = row
+            self._names[row] = svc.name
+            self._occupied[row] = True
             self._prefetch(svc.name)
         else:
             row = model.row
@@ -199,6 +204,7 @@ class Autoscaler:
                 self._prefetch(svc.name)
             model.svc = svc
         self._configs[row] = config
+        self._dirty_rows.add(row)
         self._config_dirty = True
 
     def remove(self, name: str) -> None:
@@ -207,10 +213,13 @@ class Autoscaler:
             return
         del self._row_of[name]
         self._configs[model.row] = PolicyConfig()
+        self._names[model.row] = ""
+        self._occupied[model.row] = False
         self._rows.clear(model.row)
         self._free.append(model.row)
         self._pokes.discard(name)
         self._next_scale.pop(name, None)
+        self._dirty_rows.add(model.row)
         self._config_dirty = True
 
     @staticmethod
@@ -233,7 +242,11 @@ class Autoscaler:
             # Every array has `capacity` rows; rows never used or freed hold a default config and
             # are decided along with the rest, their results masked out.
             capacity = max(16, 2 * len(self._configs))
+            self._names.extend("" for _ in range(capacity - len(self._configs)))
             self._configs.extend(PolicyConfig() for _ in range(capacity - len(self._configs)))
+            self._occupied = np.concatenate(
+                [self._occupied, np.zeros(capacity - len(self._occupied), np.bool_)]
+            )
             self._rows = self._rows.grown(capacity)
             self._windows.grow(capacity)
             self._state = self._state.grown(capacity, self._state.delay_ring.shape[1])
@@ -313,10 +326,9 @@ class Autoscaler:
             return
         if self._config_dirty:
             self._rebuild_config()
-        ready = np.zeros(n, dtype=np.int64)
+        ready_of = self.backend.ready_replicas
+        ready = np.array([ready_of(name) if name else 0 for name in self._names], dtype=np.int64)
         poked = np.zeros(n, dtype=np.bool_)
-        for name, model in self._models.items():
-            ready[model.row] = self.backend.ready_replicas(name)
         for name in self._pokes:
             poked[self._row_of[name]] = True
         self._pokes.clear()
@@ -340,8 +352,7 @@ class Autoscaler:
                     one.excess_burst_capacity,
                     one.panic,
                 )
-        occupied = np.zeros(n, dtype=np.bool_)
-        occupied[list(self._row_of.values())] = True
+        occupied = self._occupied
         valid &= occupied
         rows = self._rows
         rows.ready[:n], rows.stable[:n], rows.panic_value[:n] = ready, stable, panic
@@ -351,24 +362,22 @@ class Autoscaler:
         rows.ebc[:n] = np.where(valid, ebc, rows.ebc[:n])
         rows.panic[:n] = in_panic & occupied
         changed = np.flatnonzero(valid & (desired != rows.told[:n]))
-        if len(changed):
-            names = self._names_by_row(n)
-            for row in changed.tolist():
-                self._apply(names[row], row, int(desired[row]))
+        for row in changed.tolist():
+            self._apply(self._names[row], row, int(desired[row]))
         if self._last_resync_at is None or now - self._last_resync_at >= self.resync_s:
             self._last_resync_at = now
             self._resync()
         self.last_tick_s = time.perf_counter() - started
 
-    def _names_by_row(self, n: int) -> list[str]:
-        names = [""] * n
-        for name, row in self._row_of.items():
-            names[row] = name
-        return names
-
     def _rebuild_config(self) -> None:
-        self._batch_config = BatchConfig.from_configs(self._configs)
-        self._use_rps = np.array([c.metric == "rps" for c in self._configs], dtype=np.bool_)
+        if len(self._batch_config.target_value) == len(self._configs):
+            for row in self._dirty_rows:  # a few specs changed: patch their rows
+                self._batch_config.set(row, self._configs[row])
+                self._use_rps[row] = self._configs[row].metric == "rps"
+        else:  # the arrays grew
+            self._batch_config = BatchConfig.from_configs(self._configs)
+            self._use_rps = np.array([c.metric == "rps" for c in self._configs], dtype=np.bool_)
+        self._dirty_rows.clear()
         self._custom = [m for m in self._models.values() if m.policy is not None]
         width = int(self._batch_config.delay_buckets.max())
         if width > self._state.delay_ring.shape[1]:

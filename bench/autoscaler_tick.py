@@ -59,7 +59,8 @@ class Backend:
         self.ready.pop(name, None)
 
     async def scale(self, model: str, replicas: int) -> None:
-        self.arrivals.setdefault(model, time.perf_counter())
+        if replicas > 0:
+            self.arrivals.setdefault(model, time.perf_counter())  # the first call that starts it
         self.calls += 1
         self.ready[model] = replicas
 
