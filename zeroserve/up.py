@@ -58,6 +58,7 @@ class _Sink:
 
     def poke(self, model: str) -> None:
         self.autoscaler.poke(model)
+        self.backend.kick(model)
 
 
 def _gpu_inventory() -> Any | None:
@@ -98,7 +99,8 @@ class Stack:
         self.backend = LocalBackend(gpus=gpus, stop_grace_s=config.stop_grace_s,
                                     demand=self._demand, registry=self.registry,
                                     cache=_node_cache(config.cache_dir))
-        self.autoscaler = Autoscaler(self.backend, registry=self.registry)
+        tick_s = min((s.scaling.tick_s for s in self.services), default=2.0)
+        self.autoscaler = Autoscaler(self.backend, registry=self.registry, tick_s=tick_s)
         self.activator = Activator(self.services, _Sink(self.autoscaler, self.backend),
                                    registry=self.registry, phases=self.backend.last_phases)
         self.backend.subscribe(self.activator.table.update)

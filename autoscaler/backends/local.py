@@ -104,6 +104,8 @@ class LocalBackend:
         self._closed = False
         self._stoppers: set[asyncio.Task[None]] = set()
         self.pool = PoolManager(free_port=free_port, python=python)
+        # GPUs freed by an eviction belong to the model that evicted: nobody else may take them.
+        self._reserved: dict[int, str] = {}
         self.cold_start_seconds = Histogram(
             "zeroserve_cold_start_seconds", "Replica start time by phase", ["model", "phase"],
             buckets=PHASE_BUCKETS, registry=registry if registry is not None else REGISTRY)
@@ -152,6 +154,8 @@ class LocalBackend:
             raise BackendError(f"model {model!r} is not registered")
         if replicas > 0 and state.desired == 0:
             state.crashes = 0
+        if replicas == 0:
+            self._reserved = {g: m for g, m in self._reserved.items() if m != model}
         state.desired = replicas
         self._reconcile(state)
 
@@ -246,11 +250,29 @@ class LocalBackend:
             return None
         held = self.gpu_assignments()
         need_mem = state.svc.runtime.gpu_memory_bytes
-        free = [d for d in devices if d.index not in held
-                and (not need_mem or d.memory_total_bytes - d.memory_used_bytes >= need_mem)]
+        name = state.svc.name
+        free = [
+            d
+            for d in devices
+            if d.index not in held
+            and self._reserved.get(d.index, name) == name
+            and (not need_mem or d.memory_total_bytes - d.memory_used_bytes >= need_mem)
+        ]
         if len(free) >= want:
-            free.sort(key=lambda d: d.memory_total_bytes - d.memory_used_bytes, reverse=True)
-            return tuple(d.index for d in free[:want])
+            # Reserved-for-us first, then the most free memory.
+            free.sort(
+                key=lambda d: (
+                    self._reserved.get(d.index) != name,
+                    -(d.memory_total_bytes - d.memory_used_bytes),
+                )
+            )
+            chosen = tuple(d.index for d in free[:want])
+            for g in chosen:
+                self._reserved.pop(g, None)
+            return chosen
+        if any(m == name for m in self._reserved.values()):
+            state.pending_reason = "waiting for an evicted model to release its GPU"
+            return None
         if self.demand(state.svc.name) > 0 and self._evict_idle(state):
             state.pending_reason = "waiting for an evicted model to release its GPU"
             return None
@@ -267,11 +289,14 @@ class LocalBackend:
         if not idle:
             return False
         victim = min(idle, key=lambda st: st.last_used)
-        log.info("evicting idle model=%s to make room for model=%s", victim.svc.name,
-                 wanting.svc.name)
-        victim.desired = 0
+        log.info("evicting idle model=%s to make room for model=%s", victim.svc.name, wanting.svc.name)
+        # The victim keeps its desired count (the autoscaler's to change): it waits, pending, and
+        # its own next request can evict whoever is idle then.
+        victim.pending_reason = f"evicted to make room for {wanting.svc.name}"
         for r in list(victim.replicas):
             if not r.stopping:
+                for g in r.gpus:
+                    self._reserved[g] = wanting.svc.name
                 self._spawn_stopper(victim, r, then=wanting)
         return True
 
@@ -503,6 +528,13 @@ class LocalBackend:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+
+    def kick(self, model: str) -> None:
+        """A request is waiting for `model`: retry its placement if it is pending (it may now
+        evict an idle model, which it could not do without demand)."""
+        state = self.models.get(model)
+        if state is not None and state.pending_reason is not None:
+            self._reconcile(state)
 
     def touch(self, model: str) -> None:
         state = self.models.get(model)

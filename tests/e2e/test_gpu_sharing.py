@@ -3,48 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
 from runtime.gpu import GpuInventory
-from tests.conftest import ROOT, free_port
+from tests.conftest import free_port
+from tests.runtime.fake_nvml import FakeGpu, FakeNvml
 from zeroserve.spec import parse_specs
 from zeroserve.up import Stack, UpConfig
-
-
-def _fake_nvml_module() -> Any:
-    spec = importlib.util.spec_from_file_location("fake_nvml", ROOT / "tests/runtime/fake_nvml.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 SPEC = """
 kind: ModelService
 metadata: {name: alpha}
 spec:
   runtime: {model: iris, gpus: 1}
-  scaling: {stableWindow: 60s, scaleToZeroGracePeriod: 60s, tickInterval: 0.5s}
+  scaling: {initialScale: 0, stableWindow: 60s, scaleToZeroGracePeriod: 60s, tickInterval: 0.5s}
 ---
 kind: ModelService
 metadata: {name: beta}
 spec:
   runtime: {model: iris, gpus: 1}
-  scaling: {stableWindow: 60s, scaleToZeroGracePeriod: 60s, tickInterval: 0.5s}
+  scaling: {initialScale: 0, stableWindow: 60s, scaleToZeroGracePeriod: 60s, tickInterval: 0.5s}
 """
 
 
 @pytest.fixture
 async def stack(tmp_path: Path, registry: CollectorRegistry) -> AsyncIterator[Stack]:
-    fake = _fake_nvml_module()
-    nvml = fake.FakeNvml(gpus=[fake.FakeGpu()])     # one 80 GiB GPU
+    nvml = FakeNvml(gpus=[FakeGpu()])     # one 80 GiB GPU
     config = UpConfig(files=(), port=free_port(), admin_port=free_port(), drain_s=2,
                       stop_grace_s=3, cache_dir=tmp_path / "cache")
     stack = Stack(parse_specs(SPEC), config, registry=registry, gpus=GpuInventory(nvml))

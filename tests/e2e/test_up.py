@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,14 +20,14 @@ kind: ModelService
 metadata: {name: iris}
 spec:
   runtime: {model: iris}
-  scaling: {target: 10, stableWindow: 2s, scaleToZeroGracePeriod: 1s, tickInterval: 0.5s}
+  scaling: {target: 10, initialScale: 0, stableWindow: 2s, scaleToZeroGracePeriod: 1s, tickInterval: 0.5s}
 ---
 apiVersion: serving.zeroserve.io/v1alpha1
 kind: ModelService
 metadata: {name: tiny-llm}
 spec:
   runtime: {model: tiny-llm, loadTime: 1s, tokenLatency: 5ms}
-  scaling: {target: 10, maxReplicas: 3, stableWindow: 2s, scaleToZeroGracePeriod: 1s,
+  scaling: {target: 10, maxReplicas: 3, initialScale: 0, stableWindow: 2s, scaleToZeroGracePeriod: 1s,
             tickInterval: 0.5s}
 """
 
