@@ -256,7 +256,8 @@ def main() -> int:
     parser.add_argument("--pokes", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    result: dict[str, Any] = {"bench": "autoscaler_tick"}
+    # Other work on this machine slows every figure; the load average says how busy it was.
+    result: dict[str, Any] = {"bench": "autoscaler_tick", "loadavg_1m_before": round(os.getloadavg()[0], 2)}
     result.update(asyncio.run(bench_ticks(args.models, args.ticks, args.scalar_ticks, args.seed)))
     result.update(asyncio.run(bench_pokes(args.models, args.pokes, args.seed)))
     result.update({"python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count()})

@@ -65,6 +65,18 @@ def test_batch_equals_scalar(
             assert batch_state.get(i, cfgs[i].delay_buckets) == states[i], (i, now)
 
 
+def test_config_rows_can_be_patched_in_place() -> None:
+    a, b = (
+        PolicyConfig(),
+        PolicyConfig(target_value=3.0, min_scale=2, reachable=False, scale_down_delay_s=9.0),
+    )
+    patched = BatchConfig.from_configs([a, a])
+    patched.set(1, b)
+    fresh = BatchConfig.from_configs([a, b])
+    for name in BatchConfig.__dataclass_fields__:
+        assert list(getattr(patched, name)) == list(getattr(fresh, name)), name
+
+
 def test_state_round_trips_through_the_batch_form() -> None:
     config = PolicyConfig(scale_down_delay_s=6.0)
     state = PolicyState(
@@ -122,6 +134,9 @@ def test_batch_windows_equal_model_windows(
             for i in range(4):
                 want = scalar[i].observe("rps" if use_rps[i] else "concurrency", now + offset)
                 assert (float(stable[i]), float(panic[i])) == want, (i, now + offset)
+            some = np.array([3, 0], dtype=np.int64)  # the poke path reads single rows
+            part = batch.observe(use_rps[some], now + offset, some)
+            assert [list(part[0]), list(part[1])] == [list(stable[some]), list(panic[some])]
 
 
 def test_batch_windows_grow_and_reconfigure() -> None:
