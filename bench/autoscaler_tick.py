@@ -260,7 +260,14 @@ def main() -> int:
     result: dict[str, Any] = {"bench": "autoscaler_tick", "loadavg_1m_before": round(os.getloadavg()[0], 2)}
     result.update(asyncio.run(bench_ticks(args.models, args.ticks, args.scalar_ticks, args.seed)))
     result.update(asyncio.run(bench_pokes(args.models, args.pokes, args.seed)))
-    result.update({"python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count()})
+    result.update(
+        {
+            "loadavg_1m_after": round(os.getloadavg()[0], 2),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "cpus": os.cpu_count(),
+        }
+    )
     print(json.dumps(result))
     return 0
 
