@@ -247,3 +247,18 @@ async def test_poke_reaches_backend_scale_within_milliseconds() -> None:
         run.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await run
+
+
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        ScalingSpec(),
+        ScalingSpec(metric="rps", target=200.0, min_replicas=1, max_replicas=9, scale_down_delay_s=30.0),
+        ScalingSpec(
+            target=4.0, container_concurrency=2, target_burst_capacity=-1, scale_to_zero_retention_s=5
+        ),
+    ],
+)
+def test_simulator_reads_specs_as_the_live_loop_does(scaling: ScalingSpec) -> None:
+    sim_control = pytest.importorskip("sim.control")
+    assert sim_control.policy_config(scaling) == policy_config_from_spec(scaling)
