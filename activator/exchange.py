@@ -271,7 +271,7 @@ class Exchange:
                  self.client.fp.pool.host_line(replica.url, ep.host, ep.port), *self.head]
         peer = self.client.peer
         if self.xff:
-            parts += (b"X-Forwarded-For: ", self.xff, b", ", peer, b"\r\n")
+            parts += (b"X-Forwarded-For: ", self.xff, b", " if peer else b"", peer, b"\r\n")
         elif peer:
             parts += (b"X-Forwarded-For: ", peer, b"\r\n")
         if self.host:

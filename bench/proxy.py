@@ -6,7 +6,7 @@ fast path with one worker per CPU (SO_REUSEPORT). wrk drives each in turn at the
 count and duration, for several interleaved rounds (the median is reported, as the machine is
 shared, ratios are taken within a round and then the median); a one-connection pass measures
 the latency each hop adds. Prints one JSON object.
-  python bench/proxy.py [--connections 32] [--seconds 4] [--rounds 3]
+  python bench/proxy.py [--connections 32] [--seconds 3] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -135,8 +135,8 @@ def serve_aiohttp(port: int, backend: int) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--seconds", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--serve-aiohttp", nargs=2, type=int, metavar=("PORT", "BACKEND"),
                    help=argparse.SUPPRESS)
     args = p.parse_args()
