@@ -7,7 +7,8 @@ carry token counts resampled from the Azure conversation trace (prefill 10k toke
     python bench/sim_speed.py [--models 1000] [--hours 24] [--rate 10] [--scalar]
 
 Prints one JSON object: models, sim_hours, requests, wall_s (simulation only, not workload
-generation), events, events_per_s, model_ticks, and the run's summary numbers.
+generation), cpu_s, the machine's load average, events, events_per_s, model_ticks, and the run's
+summary numbers.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,13 +51,18 @@ def main() -> int:
              time.perf_counter() - started)
     costs = costs_from_spec(services[0], load_s=14.0, prefill_tokens_per_s=10_000.0,
                             decode_tokens_per_s=50.0)
+    cpu_started = time.process_time()
     outcome = simulate(services, workload, costs, seed=args.seed, batch=not args.scalar)
+    cpu_s = time.process_time() - cpu_started
     summary = outcome.summary
     print(json.dumps({
         "models": args.models,
         "sim_hours": args.hours,
         "requests": workload.requests,
         "wall_s": round(outcome.wall_s, 2),
+        # CPU time of this process over the same span: on a shared machine wall_s includes waiting.
+        "cpu_s": round(cpu_s, 2),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "events": summary.events,
         "events_per_s": round(summary.events / outcome.wall_s),
         "model_ticks": summary.ticks,
