@@ -169,7 +169,8 @@ class BatchController:
         m = engine.models[model]
         config = self.configs[model]
         state = self.state.get(model, config.delay_buckets)
-        result, state = policy.decide(config, state, Observation(stable, panic, len(m.ready), poked=True), now)
+        obs = Observation(stable, panic, len(m.ready), poked=True)
+        result, state = policy.decide(config, state, obs, now)
         self.state.set(model, state)
         desired = result.desired if result.valid else m.replicas
         self.last_desired[model] = desired
