@@ -397,3 +397,25 @@ async def test_slow_client_pauses_the_replica_instead_of_buffering(stack: Stack)
     assert got >= total
     writer.close()
     await runner.cleanup()
+
+
+async def test_response_delimited_by_close_reaches_the_client_whole(stack: Stack) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nno length, ")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"ends at EOF")
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    stack.publish("m", [Endpoint("x", "127.0.0.1", server.sockets[0].getsockname()[1])])
+    raw = await stack.raw(b"GET /v1/models/m HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert raw.endswith(b"\r\n\r\nno length, ends at EOF")
+    assert stack.activator.tracker.models["m"].inflight == 0
+    async with aiohttp.ClientSession() as client:   # and the next request still goes through
+        for _ in range(2):
+            async with client.get(f"{stack.url}/v1/models/m") as r:
+                assert await r.read() == b"no length, ends at EOF"
+    server.close()
+    await server.wait_closed()
