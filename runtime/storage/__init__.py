@@ -29,6 +29,7 @@ hf://org/model[@revision]. CLI: `zeroserve storage-init SRC_URI DEST_DIR`, `zero
 from __future__ import annotations
 
 from runtime.storage.cache import CacheEntry, NodeCache
+from runtime.storage.config import TransferConfig
 from runtime.storage.errors import (
     AccessDeniedError,
     BadUriError,
@@ -39,7 +40,6 @@ from runtime.storage.errors import (
     TransientError,
 )
 from runtime.storage.fetch import FetchResult, materialize, prefetch
-from runtime.storage.transfer import TransferConfig
 
 __all__ = [
     "AccessDeniedError",

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from runtime.storage.cache import NodeCache, parse_bytes
+from runtime.storage.config import MiB, TransferConfig
 from runtime.storage.errors import StorageError
 from runtime.storage.fetch import materialize
 from runtime.storage.progress import human_bytes
-from runtime.storage.transfer import MiB, TransferConfig
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,11 @@ from typing import Any
 from runtime.storage import metrics
 from runtime.storage.archive import extract, is_archive
 from runtime.storage.cache import NodeCache
+from runtime.storage.config import TransferConfig
 from runtime.storage.errors import DiskFullError, NotFoundError, StorageError, TransientError
 from runtime.storage.progress import Progress, report_progress
 from runtime.storage.sources import Listing, Source, open_source
-from runtime.storage.transfer import Downloader, TransferConfig, remove_tree
+from runtime.storage.transfer import Downloader, remove_tree
 from runtime.storage.uri import StorageUri, parse_uri
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ async def _download(
 
 
 async def _ensure(uri: StorageUri, cache: NodeCache, config: TransferConfig) -> _Ensured:
-    source = open_source(uri)
+    source = open_source(uri, config)
     try:
         listing, fallback = await _listing(uri, source, cache, config)
         if listing is None:

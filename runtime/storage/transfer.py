@@ -21,24 +21,14 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.storage.config import MiB, TransferConfig
 from runtime.storage.errors import DiskFullError, IntegrityError, StorageError, TransientError
 from runtime.storage.progress import Progress
 from runtime.storage.sources.base import RemoteFile, Source
 
 log = logging.getLogger(__name__)
-MiB = 1 << 20
 # Headroom left free on the filesystem so the node keeps working after a download.
 DISK_RESERVE_BYTES = 64 * MiB
-
-
-@dataclass(frozen=True, slots=True)
-class TransferConfig:
-    concurrency: int = 16  # requests in flight, across all files
-    part_size_bytes: int = 32 * MiB
-    min_ranged_bytes: int = 64 * MiB  # smaller files are one GET: a split would cost more than it saves
-    attempts: int = 5  # consecutive failures without progress before a part gives up
-    backoff_s: float = 0.2
-    max_backoff_s: float = 10.0
 
 
 @dataclass(slots=True)

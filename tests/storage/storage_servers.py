@@ -56,6 +56,7 @@ class FileServer:
     status: dict[str, int] = field(default_factory=dict)
     status_times: dict[str, int] = field(default_factory=dict)  # answer `status` only this often
     head_status: int | None = None  # refuse HEAD like a pre-signed GET URL does
+    stall_at: dict[str, int] = field(default_factory=dict)  # path -> offset where the body hangs once
     digests: bool = False  # send Repr-Digest: sha-256 of the true content
     chunk_delay_s: float = 0.0
     sizes: dict[str, int] = field(default_factory=dict)  # listing lies about sizes (disk-full test)
@@ -116,14 +117,18 @@ class FileServer:
         cut = self.cut_at.get(path)
         pos = start
         while pos < end:
+            if self.stall_at.get(path) == pos:
+                del self.stall_at[path]
+                await asyncio.sleep(30)  # far beyond the client's read timeout
             if pos == cut and self.cuts_left.get(path, 0) > 0:
                 self.cuts_left[path] -= 1
                 assert request.transport is not None
                 request.transport.close()  # mid-body: the client sees a short read
                 return resp
             stop = min(end, pos + 64 * KiB)
-            if cut is not None and pos < cut < stop:
-                stop = cut
+            for mark in (cut, self.stall_at.get(path)):
+                if mark is not None and pos < mark < stop:
+                    stop = mark
             await resp.write(bytes(body[pos - start : stop - start]))
             served.sent += stop - pos
             pos = stop
@@ -138,7 +143,7 @@ async def file_server() -> AsyncIterator[FileServer]:
     server = FileServer(files={})
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", server.handle)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)  # don't wait on a handler a test left stalled
     await runner.setup()
     port = _port()
     site = web.TCPSite(runner, "127.0.0.1", port)

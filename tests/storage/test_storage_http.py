@@ -239,3 +239,20 @@ async def test_killed_init_resumes_on_the_next_run(file_server: FileServer, tmp_
     assert (tmp_path / "d" / "big.bin").read_bytes() == file_server.files["/m/big.bin"]
     again = [s.start for s in file_server.log[first_run:] if s.path == "/m/big.bin"]
     assert again and min(again) >= MiB  # part 0 came from the journal, not the network
+
+
+async def test_stalled_response_times_out_and_resumes(
+    file_server: FileServer, cache: NodeCache, tmp_path: Path
+) -> None:
+    file_server.files = model_files()
+    stall = PART + 100 * KiB
+    file_server.stall_at["/m/big.bin"] = stall
+    impatient = TransferConfig(
+        concurrency=4, part_size_bytes=PART, min_ranged_bytes=2 * PART, backoff_s=0.01, read_timeout_s=0.3
+    )
+    started = time.monotonic()
+    await materialize(f"{file_server.url}/m/", tmp_path / "d", cache, impatient)
+    assert time.monotonic() - started < 10
+    assert_same(file_server.files, "/m/", tmp_path / "d")
+    resumed = [s for s in file_server.gets("/m/big.bin") if s.start % PART != 0]
+    assert len(resumed) == 1 and PART < resumed[0].start <= stall

@@ -11,6 +11,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from runtime.storage.config import TransferConfig
 from runtime.storage.errors import (
     AccessDeniedError,
     IntegrityError,
@@ -88,10 +89,13 @@ def check_status(uri: str, status: int, reason: str, what: str) -> None:
     raise StorageError(uri, detail)
 
 
-def new_session(concurrency: int) -> aiohttp.ClientSession:
+def new_session(config: TransferConfig) -> aiohttp.ClientSession:
     """One session per fetch; per-request timeouts instead of a total one (files can be huge)."""
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=60)
-    connector = aiohttp.TCPConnector(limit=concurrency * 2, limit_per_host=concurrency, ttl_dns_cache=300)
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=config.connect_timeout_s, sock_read=config.read_timeout_s
+    )
+    n = config.concurrency
+    connector = aiohttp.TCPConnector(limit=n * 2, limit_per_host=n, ttl_dns_cache=300)
     return aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False)
 
 

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from runtime.storage.config import TransferConfig
 from runtime.storage.errors import AccessDeniedError, NotFoundError, StorageError, TransientError
 from runtime.storage.sources.base import (
     Listing,
@@ -38,14 +39,14 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 class HfSource:
     scheme = "hf"
 
-    def __init__(self, uri: StorageUri, concurrency: int = 16) -> None:
+    def __init__(self, uri: StorageUri, config: TransferConfig | None = None) -> None:
         self.uri = uri
         self.repo = uri.bucket
         self.revision = uri.key
         self.endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
         token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._session = new_session(concurrency)
+        self._session = new_session(config or TransferConfig())
 
     async def close(self) -> None:
         await self._session.close()

@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import aiohttp
 from multidict import CIMultiDictProxy
 
+from runtime.storage.config import TransferConfig
 from runtime.storage.errors import StorageError, TransientError
 from runtime.storage.sources.base import (
     Listing,
@@ -62,10 +63,10 @@ def parse_digests(headers: CIMultiDictProxy[str]) -> tuple[str | None, str | Non
 class HttpSource:
     scheme = "http"
 
-    def __init__(self, uri: StorageUri, concurrency: int = 16) -> None:
+    def __init__(self, uri: StorageUri, config: TransferConfig | None = None) -> None:
         self.uri = uri
         self.scheme = uri.scheme
-        self._session = new_session(concurrency)
+        self._session = new_session(config or TransferConfig())
 
     async def close(self) -> None:
         await self._session.close()

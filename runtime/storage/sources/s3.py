@@ -24,6 +24,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from runtime.storage.config import TransferConfig
 from runtime.storage.errors import NotFoundError, TransientError
 from runtime.storage.sources.base import (
     Listing,
@@ -70,21 +71,21 @@ class S3Config:
         return S3Config(endpoint.rstrip("/"), region, style == "path", creds)
 
 
-def make_s3_source(uri: StorageUri) -> Source:
+def make_s3_source(uri: StorageUri, transfer: TransferConfig) -> Source:
     if os.environ.get("ZEROSERVE_S3_CLIENT", "aiohttp") == "obstore":
         from runtime.storage.sources.objstore import ObjectStoreSource
 
         return ObjectStoreSource.for_uri(uri)
-    return S3Source(uri, S3Config.from_env())
+    return S3Source(uri, S3Config.from_env(), transfer)
 
 
 class S3Source:
     scheme = "s3"
 
-    def __init__(self, uri: StorageUri, config: S3Config, concurrency: int = 16) -> None:
+    def __init__(self, uri: StorageUri, config: S3Config, transfer: TransferConfig | None = None) -> None:
         self.uri = uri
         self.config = config
-        self._session = new_session(concurrency)
+        self._session = new_session(transfer or TransferConfig())
         self._etag_not_md5: set[str] = set()
         parts = urlsplit(config.endpoint)
         bucket_dotted = "." in uri.bucket
