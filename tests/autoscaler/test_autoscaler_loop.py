@@ -262,3 +262,21 @@ async def test_poke_reaches_backend_scale_within_milliseconds() -> None:
 def test_simulator_reads_specs_as_the_live_loop_does(scaling: ScalingSpec) -> None:
     sim_control = pytest.importorskip("sim.control")
     assert sim_control.policy_config(scaling) == policy_config_from_spec(scaling)
+
+
+async def test_poke_from_another_thread_is_handed_to_the_loop() -> None:
+    backend = RecordingBackend()
+    scaler = Autoscaler(backend, tick_s=3600.0, registry=CollectorRegistry())
+    scaler.upsert(service("m", initial_scale=0))
+    arrived = asyncio.Event()
+    backend.on_scale = lambda call: arrived.set() if call.replicas > 0 else None
+    run = asyncio.create_task(scaler.run())
+    try:
+        await asyncio.sleep(0.01)
+        await asyncio.to_thread(scaler.poke, "m")
+        await asyncio.wait_for(arrived.wait(), timeout=1.0)
+        assert backend.scales_of("m")[-1] == 1
+    finally:
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
