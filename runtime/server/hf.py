@@ -131,6 +131,11 @@ class HFModel(GenerativeModel):
             return self.tokenizer.encode(text)
         return list(self.tokenizer.encode(text, add_special_tokens=True))
 
+    def _decode(self, ids: list[int]) -> str:
+        if isinstance(self.tokenizer, ByteTokenizer):
+            return self.tokenizer.decode(ids)
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
     async def generate(self, prompt: str, params: GenerationParams) -> AsyncIterator[str]:
         loaded = self.loaded
         if loaded is None:
@@ -154,7 +159,7 @@ class HFModel(GenerativeModel):
             if token in self._eos:
                 return
             out.append(token)
-            text = self.tokenizer.decode(out)
+            text = self._decode(out)
             # Hold back an incomplete multi-byte character: it shows up whole with the next token.
             piece = "" if text.endswith("\ufffd") else text[len(text_so_far) :]
             if piece:

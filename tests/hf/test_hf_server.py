@@ -90,3 +90,30 @@ def test_byte_tokenizer_round_trips_utf8() -> None:
     ids = tok.encode("héllo ✓")
     assert tok.decode(ids) == "héllo ✓"
     assert tok.decode(ids[:2]).endswith("\ufffd")    # half of 'é': the generator holds it back
+
+
+async def test_a_real_tokenizer_is_used_when_the_directory_has_one(tiny_llama_untied: Path,
+                                                                   tmp_path: Path) -> None:
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from runtime.server.model import GenerationParams
+
+    words = ["<unk>", "<s>", "</s>", "hello", "world", "zero", "serve"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    model_dir = tmp_path / "with-tokenizer"
+    shutil.copytree(tiny_llama_untied, model_dir)
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")
+    fast.save_pretrained(model_dir)
+
+    model = HFModel(ModelConfig(name="t", model_dir=model_dir))
+    model.load()
+    assert not isinstance(model.tokenizer, ByteTokenizer)
+    assert model.count_tokens("hello world zero") == 3          # words, not bytes
+    pieces = [p async for p in model.generate("hello world", GenerationParams(max_tokens=4, temperature=0))]
+    assert len(pieces) <= 4      # random weights may pick the tokenizer's eos at once
+    assert all(isinstance(p, str) for p in pieces)
