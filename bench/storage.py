@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -145,6 +146,16 @@ def same_tree(a: Path, b: Path, files: list[Path]) -> bool:
     return all(filecmp.cmp(p, b / p.relative_to(a), shallow=False) for p in files)
 
 
+async def cache_hits(url: str, base: Path, cache: NodeCache, nbytes: int, count: int = 5) -> list[float]:
+    """A replica start on a node that has the model: listing + hard links, into a fresh folder each time."""
+    out = []
+    for i in range(count):
+        hit = await materialize(url, base / f"zs-hit-{i}", cache)
+        assert hit.cache_hit and hit.bytes == nbytes
+        out.append(round(hit.seconds * 1000, 1))
+    return out
+
+
 def s3_pass(base: Path, model: Path, files: list[Path]) -> dict[str, object]:
     """Upload a subset to a moto S3 server and fetch it back with storage-init (s3://)."""
     import boto3
@@ -208,6 +219,7 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="zs-bench-storage-", dir=os.environ.get("TMPDIR", "/tmp")))
     os.chmod(base, 0o755)
     nginx: subprocess.Popen[bytes] | None = None
+    load_start = os.getloadavg()[0]
     try:
         docroot = base / "www"
         model = docroot / "model"
@@ -236,9 +248,8 @@ def main() -> int:
                 correct = same_tree(model, dest, files)
                 hit_proc_s = run_zeroserve(url, base / "zs-hit", cache)
                 shutil.rmtree(base / "zs-hit")
-                hit = asyncio.run(materialize(url, base / "zs-hit2", NodeCache(cache)))
-                assert hit.cache_hit and hit.bytes == nbytes
-                say(f"cache hit: {hit.seconds * 1000:.1f} ms in process, {hit_proc_s * 1000:.0f} ms as a CLI")
+                hits_ms = asyncio.run(cache_hits(url, base, NodeCache(cache), nbytes))
+                say(f"cache hits: {hits_ms} ms in process, {hit_proc_s * 1000:.0f} ms as a CLI")
             if r < args.rounds - 1:
                 shutil.rmtree(dest)
                 shutil.rmtree(cache, ignore_errors=True)
@@ -255,9 +266,11 @@ def main() -> int:
             "curl_s": [round(s, 3) for s in curl_s],
             "zeroserve_s": [round(s, 3) for s in zs_s],
             "zeroserve_correct": correct,
-            "cache_hit_ms": round(hit.seconds * 1000, 1),
+            "cache_hit_ms": statistics.median(hits_ms),
+            "cache_hit_ms_all": hits_ms,
             "cache_hit_cli_ms": round(hit_proc_s * 1000, 1),
             **s3,
+            "load_avg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],  # others share the CPUs
         }
         print(json.dumps(result))
         return 0

@@ -1,3 +1,3 @@
 """Fixtures for the storage tests; the servers themselves live in storage_servers.py."""
 
-from storage_servers import cache, file_server, moto_server  # noqa: F401
+from storage_servers import cache, file_server, http_client, moto_server  # noqa: F401

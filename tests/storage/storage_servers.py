@@ -153,6 +153,15 @@ async def file_server() -> AsyncIterator[FileServer]:
     await runner.cleanup()
 
 
+@pytest.fixture(params=["aiohttp", "lean"])
+def http_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test through both plain-http clients: aiohttp, and the lean path for large ranges."""
+    from runtime.storage.sources import base
+
+    monkeypatch.setattr(base, "FAST_MIN_BYTES", 1 if request.param == "lean" else 1 << 62)
+    return str(request.param)
+
+
 @pytest.fixture
 def cache(tmp_path: Path) -> NodeCache:
     return NodeCache(tmp_path / "cache", budget_bytes=1 << 40)

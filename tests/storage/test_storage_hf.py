@@ -110,7 +110,10 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("suffix", ["", "@main", f"@{COMMIT}"])
-async def test_repo_at_revision(hub: Hub, cache: NodeCache, tmp_path: Path, suffix: str) -> None:
+async def test_repo_at_revision(
+    hub: Hub, cache: NodeCache, tmp_path: Path, suffix: str, http_client: str
+) -> None:
+    # The lean client meets the Hub's redirect to the CDN and hands the request to aiohttp.
     result = await materialize(f"hf://acme/tiny{suffix}", tmp_path / "d", cache, FAST)
     assert tree(tmp_path / "d") == hub.files
     assert result.files == 3

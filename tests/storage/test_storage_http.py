@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from runtime.storage import IntegrityError, NodeCache, TransferConfig, TransientError, materialize
+from runtime.storage import (
+    AccessDeniedError,
+    IntegrityError,
+    NodeCache,
+    TransferConfig,
+    TransientError,
+    materialize,
+)
 from runtime.storage.cli import storage_init_main
 from storage_servers import FAST, ROOT, FileServer, KiB, MiB, acli, cli, model_files
 
@@ -26,7 +33,7 @@ def assert_same(files: dict[str, bytes], prefix: str, dest: Path) -> None:
 
 
 async def test_directory_in_ranged_parts_then_hard_links_from_cache(
-    file_server: FileServer, cache: NodeCache, tmp_path: Path
+    file_server: FileServer, cache: NodeCache, tmp_path: Path, http_client: str
 ) -> None:
     file_server.files = model_files()
     uri = f"{file_server.url}/m/"
@@ -50,7 +57,7 @@ async def test_directory_in_ranged_parts_then_hard_links_from_cache(
 
 
 async def test_cut_connection_resumes_from_the_last_byte(
-    file_server: FileServer, cache: NodeCache, tmp_path: Path
+    file_server: FileServer, cache: NodeCache, tmp_path: Path, http_client: str
 ) -> None:
     file_server.files = model_files()
     cut = PART + 200 * KiB
@@ -65,7 +72,7 @@ async def test_cut_connection_resumes_from_the_last_byte(
 
 
 async def test_failed_run_leaves_a_journal_that_the_next_run_resumes(
-    file_server: FileServer, cache: NodeCache, tmp_path: Path
+    file_server: FileServer, cache: NodeCache, tmp_path: Path, http_client: str
 ) -> None:
     file_server.files = model_files()
     big = len(file_server.files["/m/big.bin"])
@@ -97,7 +104,7 @@ async def test_failed_run_leaves_a_journal_that_the_next_run_resumes(
 
 
 async def test_corrupted_bytes_fail_and_leave_no_entry(
-    file_server: FileServer, cache: NodeCache, tmp_path: Path
+    file_server: FileServer, cache: NodeCache, tmp_path: Path, http_client: str
 ) -> None:
     file_server.files = {"/f/weights.bin": os.urandom(700 * KiB)}
     file_server.digests = True
@@ -197,7 +204,7 @@ async def test_two_concurrent_inits_download_once(file_server: FileServer, tmp_p
 
 @pytest.mark.parametrize("head_status", [403, 405])
 async def test_server_refusing_head_is_probed_with_a_one_byte_get(
-    file_server: FileServer, cache: NodeCache, tmp_path: Path, head_status: int
+    file_server: FileServer, cache: NodeCache, tmp_path: Path, head_status: int, http_client: str
 ) -> None:
     file_server.files = {"/f/w.bin": os.urandom(900 * KiB)}
     file_server.head_status = head_status
@@ -242,7 +249,7 @@ async def test_killed_init_resumes_on_the_next_run(file_server: FileServer, tmp_
 
 
 async def test_stalled_response_times_out_and_resumes(
-    file_server: FileServer, cache: NodeCache, tmp_path: Path
+    file_server: FileServer, cache: NodeCache, tmp_path: Path, http_client: str
 ) -> None:
     file_server.files = model_files()
     stall = PART + 100 * KiB
@@ -256,3 +263,13 @@ async def test_stalled_response_times_out_and_resumes(
     assert_same(file_server.files, "/m/", tmp_path / "d")
     resumed = [s for s in file_server.gets("/m/big.bin") if s.start % PART != 0]
     assert len(resumed) == 1 and PART < resumed[0].start <= stall
+
+
+async def test_forbidden_file_inside_a_directory(
+    file_server: FileServer, cache: NodeCache, tmp_path: Path, http_client: str
+) -> None:
+    file_server.files = model_files()
+    file_server.status["/m/big.bin"] = 403
+    with pytest.raises(AccessDeniedError, match=r"big\.bin: HTTP 403"):
+        await materialize(f"{file_server.url}/m/", tmp_path / "d", cache, FAST)
+    assert cache.entries() == []

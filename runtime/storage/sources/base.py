@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -19,9 +20,14 @@ from runtime.storage.errors import (
     StorageError,
     TransientError,
 )
+from runtime.storage.sources.fasthttp import FastPathUnsupported, open_get
 
 # Big enough that per-chunk Python overhead vanishes next to the copy, small enough to bound memory.
 READ_CHUNK_BYTES = 1 << 20
+# Plain-http requests at least this large take the lean path (sources/fasthttp.py);
+# ZEROSERVE_HTTP_FASTPATH=0 sends everything through aiohttp.
+FAST_MIN_BYTES = 1 << 20
+FAST_PATH = os.environ.get("ZEROSERVE_HTTP_FASTPATH", "1") != "0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +64,7 @@ class Source(Protocol):
 
     async def listing(self) -> Listing: ...
 
-    def read(self, f: RemoteFile, start: int, end: int) -> AsyncIterator[bytes]: ...
+    def read(self, f: RemoteFile, start: int, end: int) -> AsyncIterator[bytes | memoryview]: ...
 
     async def close(self) -> None: ...
 
@@ -99,6 +105,27 @@ def new_session(config: TransferConfig) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False)
 
 
+def _check_response(
+    uri: str,
+    f: RemoteFile,
+    whole: bool,
+    start: int,
+    end: int,
+    status: int,
+    reason: str,
+    headers: CIMultiDictProxy[str],
+    content_length: int | None,
+    on_headers: Callable[[CIMultiDictProxy[str]], None] | None,
+) -> None:
+    check_status(uri, status, reason, f.path)
+    if not whole and status != 206:
+        raise StorageError(uri, f"{f.path}: server ignored the Range header (HTTP {status})")
+    if on_headers is not None:
+        on_headers(headers)
+    if content_length is not None and content_length != end - start:
+        raise IntegrityError(uri, f"{f.path}: expected {end - start} bytes, server sent {content_length}")
+
+
 async def stream_get(
     session: aiohttp.ClientSession,
     uri: str,
@@ -108,24 +135,49 @@ async def stream_get(
     start: int,
     end: int,
     on_headers: Callable[[CIMultiDictProxy[str]], None] | None = None,
-) -> AsyncIterator[bytes]:
-    """GET [start, end) of `f` at `url`, checking that the server honoured the range."""
+) -> AsyncIterator[bytes | memoryview]:
+    """GET [start, end) of `f` at `url`, checking that the server honoured the range. Yields buffers
+    that are only valid until the next one is requested (the caller writes each one at once)."""
     whole = start == 0 and end == f.size_bytes
     hdrs = dict(headers)
     if not whole:
         hdrs["Range"] = f"bytes={start}-{end - 1}"
-    try:
-        async with session.get(url, headers=hdrs) as resp:
-            check_status(uri, resp.status, resp.reason or "", f.path)
-            if not whole and resp.status != 206:
-                raise StorageError(uri, f"{f.path}: server ignored the Range header (HTTP {resp.status})")
-            if on_headers is not None:
-                on_headers(resp.headers)
-            if resp.content_length is not None and resp.content_length != end - start:
-                raise IntegrityError(
-                    uri, f"{f.path}: expected {end - start} bytes, server sent {resp.content_length}"
+    target = url if isinstance(url, URL) else URL(url)
+    read_timeout_s = session.timeout.sock_read or 60.0
+    if FAST_PATH and target.scheme == "http" and end - start >= FAST_MIN_BYTES:
+        try:
+            resp = await open_get(target, hdrs, read_timeout_s)
+        except FastPathUnsupported:
+            pass  # the full client below handles it
+        except (OSError, TimeoutError) as err:
+            raise TransientError(uri, f"{f.path}: {type(err).__name__}: {err}") from err
+        else:
+            try:
+                _check_response(
+                    uri,
+                    f,
+                    whole,
+                    start,
+                    end,
+                    resp.status,
+                    resp.reason,
+                    resp.headers,
+                    resp.content_length,
+                    on_headers,
                 )
-            async for chunk in resp.content.iter_chunked(READ_CHUNK_BYTES):
+                async for view in resp.chunks(read_timeout_s):
+                    yield view
+            except (OSError, TimeoutError) as err:
+                raise TransientError(uri, f"{f.path}: {type(err).__name__}: {err}") from err
+            finally:
+                resp.close()
+            return
+    try:
+        async with session.get(target, headers=hdrs) as r:
+            _check_response(
+                uri, f, whole, start, end, r.status, r.reason or "", r.headers, r.content_length, on_headers
+            )
+            async for chunk in r.content.iter_chunked(READ_CHUNK_BYTES):
                 yield chunk
     except (aiohttp.ClientError, TimeoutError) as err:
         raise TransientError(uri, f"{f.path}: {type(err).__name__}: {err}") from err

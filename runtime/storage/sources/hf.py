@@ -116,7 +116,7 @@ class HfSource:
             raise StorageError(self.uri.raw, "hub answered with an unexpected JSON shape")
         return data
 
-    def read(self, f: RemoteFile, start: int, end: int) -> AsyncIterator[bytes]:
+    def read(self, f: RemoteFile, start: int, end: int) -> AsyncIterator[bytes | memoryview]:
         return stream_get(self._session, self.uri.raw, f.ref, self._headers, f, start, end)
 
     def verified_digests(self, f: RemoteFile) -> RemoteFile:

@@ -76,7 +76,7 @@ class HttpSource:
             return await self._list_directory()
         return await self._head_file()
 
-    def read(self, f: RemoteFile, start: int, end: int) -> AsyncIterator[bytes]:
+    def read(self, f: RemoteFile, start: int, end: int) -> AsyncIterator[bytes | memoryview]:
         return stream_get(self._session, self.uri.raw, f.ref, {}, f, start, end)
 
     def verified_digests(self, f: RemoteFile) -> RemoteFile:

@@ -113,7 +113,7 @@ class ObjectStoreSource:
         version = str(meta.get("version") or "")
         return RemoteFile(path=rel, size_bytes=int(meta["size"]), ref=str(meta["path"]), etag=etag or version)
 
-    async def read(self, f: RemoteFile, start: int, end: int) -> AsyncIterator[bytes]:
+    async def read(self, f: RemoteFile, start: int, end: int) -> AsyncIterator[bytes | memoryview]:
         try:
             result = await self._obs.get_async(self._store, f.ref, options={"range": (start, end)})
             async for chunk in result.stream(min_chunk_size=READ_CHUNK_BYTES):

@@ -162,7 +162,7 @@ class S3Source:
             if root.findtext(f"{_NS}IsTruncated") != "true" or not token:
                 return out
 
-    async def read(self, f: RemoteFile, start: int, end: int) -> AsyncIterator[bytes]:
+    async def read(self, f: RemoteFile, start: int, end: int) -> AsyncIterator[bytes | memoryview]:
         url, headers = self._signed(f.ref, {})
 
         def note_encryption(resp_headers: CIMultiDictProxy[str]) -> None:
