@@ -92,6 +92,15 @@ class Run:
         raise TimeoutError(f"timed out waiting for {what}")
 
 
+def _counter(text: str, name: str) -> float:
+    """A counter's value for the model from Prometheus text (0 when it was never touched)."""
+    prefix = f'{name}{{model="{MODEL}"}} '
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix):])
+    return 0.0
+
+
 async def drive(args: argparse.Namespace, url: str, admin: str) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=120)
@@ -127,6 +136,8 @@ async def drive(args: argparse.Namespace, url: str, admin: str) -> dict[str, Any
                            "ok": sum(code == "200" for code, _ in results),
                            "cold": run.cold - cold_before})
             say(f"cycle {cycle + 1}: {cycles[-1]}")
+        async with session.get(f"{admin}/metrics") as r:
+            metrics = await r.text()
         sent = len(cold) + down_sent
         ok = len(cold_ok) + down_ok
 
@@ -142,6 +153,8 @@ async def drive(args: argparse.Namespace, url: str, admin: str) -> dict[str, Any
             "cold_p99_s": pct(0.99), "cold_max_s": round(cold_ok[-1], 3) if cold_ok else None,
             "to_zero_after_idle_s": round(to_zero_s, 2), "scale_down_sent": down_sent,
             "scale_down_ok": down_ok, "scale_down_waves": cycles, "codes": dict(run.codes),
+            "upstream_retries": _counter(metrics, "zeroserve_upstream_retries_total"),
+            "cold_starts": _counter(metrics, "zeroserve_cold_starts_total"),
         }
 
 
