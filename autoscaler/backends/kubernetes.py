@@ -247,6 +247,7 @@ class KubernetesBackend:
         self._upsert: Callable[[ModelService], None] = lambda svc: None
         self._remove: Callable[[str], None] = lambda name: None
         self._dirty: set[str] = set()
+        self._have_service: set[str] = set()  # models whose Service exists (no watch needed)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -274,6 +275,7 @@ class KubernetesBackend:
 
     def resync(self) -> None:
         """Reconcile every model again (on becoming leader: a follower wrote nothing)."""
+        self._have_service.clear()
         self._mark(*self.models)
 
     # --- the Backend protocol -------------------------------------------------------------------
@@ -290,6 +292,7 @@ class KubernetesBackend:
 
     def unregister(self, name: str) -> None:
         self.models.pop(name, None)
+        self._have_service.discard(name)
 
     async def scale(self, model: str, replicas: int) -> None:
         state = self.models.get(model)
@@ -392,6 +395,8 @@ class KubernetesBackend:
         for pod in self._pods_of(state):
             conds = (pod.get("status") or {}).get("conditions") or []
             ip = (pod.get("status") or {}).get("podIP")
+            if pod["metadata"].get("deletionTimestamp"):
+                continue  # terminating: no new requests, even while its readiness still passes
             if ip and any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds):
                 ports = pod["spec"]["containers"][0].get("ports") or [{}]
                 port = int(ports[0].get("containerPort", model_port(state.svc)))
@@ -480,8 +485,11 @@ class KubernetesBackend:
         return deploy
 
     async def _ensure_service(self, state: _Model, deploy: Obj) -> None:
+        if state.svc.name in self._have_service:
+            return
         path = f"{self._paths['svc']}/{state.svc.name}"
         if await self.api.request("GET", path, ok_missing=True) is not None:
+            self._have_service.add(state.svc.name)
             return
         selector = (deploy["spec"].get("selector") or {}).get("matchLabels") or {}
         ports = deploy["spec"]["template"]["spec"]["containers"][0].get("ports") or [{}]
@@ -493,6 +501,7 @@ class KubernetesBackend:
         except KubeError as e:
             if e.status != 409:
                 raise
+        self._have_service.add(state.svc.name)
 
     async def _write_status(self, state: _Model, deploy: Obj | None, summary: Any) -> None:
         if not state.obj.get("metadata", {}).get("uid"):

@@ -77,7 +77,7 @@ def load_crd() -> Obj:
     return dict(docs[0])
 
 
-async def eventually(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:
+async def eventually(check: Callable[[], Any], timeout_s: float = 20.0, what: str = "") -> Any:
     """Poll a condition of the outside world (processes, watches) until it holds."""
     deadline = time.monotonic() + timeout_s
     while True:

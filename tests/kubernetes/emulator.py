@@ -348,11 +348,13 @@ class ApiEmulator:
             self.app.router.add_route("*", base + "/{name}", self._item)
             self.app.router.add_route("*", base + "/{name}/{sub}", self._item)
         self._runner: web.AppRunner | None = None
+        self.closing = False
         self.url = ""
         self.clock: Callable[[], float] = time.monotonic
 
     async def start(self) -> str:
-        self._runner = web.AppRunner(self.app, handle_signals=False)
+        # A short shutdown: watch handlers of killed clients must not hold the test's teardown.
+        self._runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -361,6 +363,7 @@ class ApiEmulator:
         return self.url
 
     async def close(self) -> None:
+        self.closing = True
         self.store.expire_watches()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -494,6 +497,8 @@ class ApiEmulator:
                        if rv > int(since) and watcher.wants(res, ev["object"])]
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
+        if self.closing:
+            return response
         if gone:
             err = ApiError(410, "Expired", f"too old resource version: {since} ({self.store.floor_rv})")
             await response.write(json.dumps({"type": "ERROR", "object": err.status()}).encode() + b"\n")
