@@ -99,7 +99,8 @@ def wrk(port: int, connections: int, seconds: int, threads: int = 2) -> dict[str
     rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
     if rps is None:
         raise RuntimeError(f"wrk failed: {text}{out.stderr}")
-    result = {"rps": float(rps.group(1))}
+    done = re.search(r"(\d+) requests in", text)
+    result = {"rps": float(rps.group(1)), "requests": float(done.group(1)) if done else 0.0}
     for pct in ("50", "99"):
         m = re.search(rf"^\s+{pct}%\s+(\S+)", text, re.M)
         result[f"p{pct}_ms"] = _ms(m.group(1)) if m else float("nan")
@@ -110,6 +111,20 @@ def wrk(port: int, connections: int, seconds: int, threads: int = 2) -> dict[str
         say(f"port {port}: {'; '.join(found)}")
     result["non2xx"] = float(errors.group(1)) if errors else 0.0
     return result
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its descendants."""
+    total = 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return total
+    return total + sum(cpu_s(child) for child in children)
 
 
 def serve_aiohttp(port: int, backend: int) -> None:
@@ -178,11 +193,17 @@ def main() -> int:
         for port in ports.values():   # warm pools and caches
             wrk(port, args.connections, 1)
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in ports}
+        pids = {"direct": procs[0].pid, "nginx": procs[1].pid, "activator": procs[2].pid,
+                "multi": procs[3].pid, "aiohttp": procs[4].pid}
         names = list(ports)
         for r in range(args.rounds):
             # Alternate the order so that no target always runs right after the same neighbour.
             for name in names if r % 2 == 0 else reversed(names):
-                runs[name].append(wrk(ports[name], args.connections, args.seconds))
+                pid = pids[name]
+                before = cpu_s(pid)
+                run = wrk(ports[name], args.connections, args.seconds)
+                run["cpu_us_per_req"] = (cpu_s(pid) - before) * 1e6 / max(run["requests"], 1.0)
+                runs[name].append(run)
                 say(f"round {r + 1} {name}: {runs[name][-1]['rps']:.0f} req/s")
         low: dict[str, list[dict[str, float]]] = {name: [] for name in ("direct", "nginx", "activator")}
         for _ in range(args.rounds):
@@ -230,6 +251,10 @@ def main() -> int:
         "activator_p50_ms": activator_p50,
         "added_p50_ms": round(activator_p50 - direct_p50, 3),
         "nginx_added_p50_ms": round(med("nginx", "p50_ms", low) - direct_p50, 3),
+        # CPU time per request of each proxy process (tree): less sensitive to a busy machine.
+        "nginx_cpu_us_per_req": med("nginx", "cpu_us_per_req"),
+        "activator_cpu_us_per_req": med("activator", "cpu_us_per_req"),
+        "aiohttp_cpu_us_per_req": med("aiohttp", "cpu_us_per_req"),
         "activator_p99_ms": med("activator", "p99_ms"),
         "nginx_p99_ms": med("nginx", "p99_ms"),
         "activator_loaded_p50_ms": med("activator", "p50_ms"),
