@@ -20,6 +20,7 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "zeroserve"
 GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_PORT = 8080
+STORAGE_SECRET = "zeroserve-storage-credentials"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,8 @@ def storage_init_container(svc: ModelService, cfg: RenderConfig) -> Obj:
     return {"name": "storage-init", "image": cfg.image, "command": ["zeroserve"],
             "args": ["storage-init", svc.storage_uri or "", cfg.model_dir],
             "env": [{"name": "ZEROSERVE_CACHE_DIR", "value": cfg.cache_host_path}],
+            # Object-store / Hugging Face credentials, when the install has them.
+            "envFrom": [{"secretRef": {"name": STORAGE_SECRET, "optional": True}}],
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
             "volumeMounts": [{"name": "model", "mountPath": cfg.model_dir},
                              {"name": "node-cache", "mountPath": cfg.cache_host_path}]}
