@@ -133,8 +133,9 @@ class Stack:
 
     async def stop(self) -> None:
         assert self.activator is not None
-        log.info("draining in-flight requests (up to %.0fs)", self.config.drain_s)
-        await self.activator.drain(self.config.drain_s)
+        if self._runners:
+            log.info("draining in-flight requests (up to %.0fs)", self.config.drain_s)
+            await self.activator.drain(self.config.drain_s)
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -192,7 +193,11 @@ async def serve(services: list[ModelService], config: UpConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stack.start()
+    try:
+        await stack.start()
+    except BaseException:
+        await stack.stop()   # a port in use must not leave replicas or sessions behind
+        raise
     names = ", ".join(s.name for s in services)
     print(f"zeroserve up: {len(services)} model(s) ({names}) on http://{config.host}:{config.port}"
           f" — status http://{config.admin_host}:{config.admin_port}/status", flush=True)
