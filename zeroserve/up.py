@@ -75,11 +75,8 @@ def _node_cache(cache_dir: Path | None) -> Any | None:
         from runtime.storage import NodeCache
     except ImportError:
         return None
-    if cache_dir is not None:
-        import os
-
-        os.environ["ZEROSERVE_CACHE_DIR"] = str(cache_dir)
-    return NodeCache.default()
+    default = NodeCache.default()
+    return NodeCache(cache_dir, default.budget_bytes) if cache_dir is not None else default
 
 
 class Stack:
