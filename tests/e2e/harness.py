@@ -18,10 +18,10 @@ from tests.conftest import ROOT, free_port
 
 class Up:
     def __init__(self, spec: Path, *, argv0: list[str] | None = None, env: dict[str, str] | None = None,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, log: Path | None = None) -> None:
         self.port = free_port()
         self.admin_port = free_port()
-        self.log = spec.with_suffix(".log")
+        self.log = log or spec.with_suffix(".log")
         cmd = (argv0 or [sys.executable, "-m", "zeroserve"]) + [
             "up", "-f", str(spec), "--port", str(self.port), "--admin-port", str(self.admin_port),
             "--stop-grace", "5", "--drain", "5", *(extra or [])]
