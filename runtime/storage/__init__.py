@@ -11,11 +11,16 @@ API for the local backend and the model server (all names re-exported here):
         Ensure the cache holds the current version of `uri` (downloading it at most once per node even
         when called concurrently from many processes); returns the entry directory, whose files are
         under `<entry>/data/`. Call it while a model is at zero so its next cold start is a cache hit.
+        file:// and pvc:// are read in place and never cached: their path is returned unchanged.
 
     async def materialize(uri: str, dest: Path, cache: NodeCache | None) -> FetchResult
         Deliver the model into `dest`: with a cache, prefetch then hard-link every file (symlinks to the
         read-only cache copy when `dest` is on another filesystem); without one, download straight into
-        `dest`. FetchResult(uri, dest, cache_hit: bool, bytes: int, files: int, seconds: float).
+        `dest`. FetchResult(uri, dest, cache_hit: bool, bytes: int, files: int, seconds: float);
+        `.summary()` is the one-line log form. file:// and pvc:// are hard-linked (same filesystem),
+        else copied (file://) or symlinked (pvc://).
+
+    Both take an optional `config: TransferConfig` (concurrency, part size, retries, timeouts).
 
     Errors: StorageError and its subclasses (BadUriError, NotFoundError, AccessDeniedError,
     DiskFullError, IntegrityError, TransientError); str(err) is one line "<uri>: <cause>",
