@@ -185,12 +185,13 @@ def _condition(kind: str, ok: bool, reason: str, message: str, previous: Mapping
 
 def render_status(*, generation: int, deployment: str, desired: int, pods: PodSummary,
                   previous: Mapping[str, Any] | None, now_rfc3339: str,
-                  cold_start: tuple[str, float] | None, error: str = "") -> Obj:
+                  cold_start: tuple[str, float] | None, error: str = "",
+                  error_reason: str = "ReconcileError") -> Obj:
     """The ModelService status: replica counts, conditions, and the last cold start."""
     prev = previous or {}
     conds = {c["type"]: c for c in prev.get("conditions") or [] if "type" in c}
     if error:
-        ready = (False, "ReconcileError", error)
+        ready = (False, error_reason, error)
     elif pods.ready:
         ready = (True, "Serving", f"{pods.ready} replica(s) ready")
     elif desired == 0:

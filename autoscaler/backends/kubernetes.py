@@ -243,6 +243,8 @@ class KubernetesBackend:
         self.pods = Informer(api, self._paths["pods"], self._on_change, watch_timeout_s=wt)
         self.models: dict[str, _Model] = {}
         self._raw: dict[str, Obj] = {}         # ModelService objects seen, valid or not
+        self._invalid: dict[str, str] = {}     # name -> the parser's errors, reported in status
+        self._invalid_status: dict[str, Obj] = {}
         self._callbacks: list[EndpointCallback] = []
         self._upsert: Callable[[ModelService], None] = lambda svc: None
         self._remove: Callable[[str], None] = lambda name: None
@@ -359,15 +361,27 @@ class KubernetesBackend:
     def _on_model_service(self, kind: str, obj: Obj) -> None:
         name = obj["metadata"]["name"]
         if kind == "DELETED":
-            self._raw.pop(name, None)
+            for table in (self._raw, self._invalid, self._invalid_status):
+                table.pop(name, None)
+            self.unregister(name)
             self._remove(name)
             return
         self._raw[name] = obj
         try:
             svc = model_service_from_object(obj)
         except SpecError as e:
-            log.warning("modelservice %s is invalid: %s", name, "; ".join(e.errors))
+            # The CRD schema cannot express every rule; the parser's verdict goes to status, and a
+            # model that was valid keeps running on its last good spec.
+            message = "; ".join(e.errors)
+            if self._invalid.get(name) != message:
+                log.warning("modelservice %s is invalid: %s", name, message)
+            self._invalid[name] = message
+            if name in self.models:
+                self.models[name].obj = obj
+            self._mark(name)
             return
+        self._invalid.pop(name, None)
+        self._invalid_status.pop(name, None)
         state = self.models.get(name)
         changed = state is None or state.svc != svc
         self.register(svc)  # the backend's own view first; the autoscaler may register it again
@@ -426,10 +440,11 @@ class KubernetesBackend:
             self._wake.clear()
             dirty, self._dirty = self._dirty, set()
             for name in sorted(dirty):
-                if name not in self.models:
-                    continue
                 try:
-                    await self._reconcile(self.models[name])
+                    if name in self.models:
+                        await self._reconcile(self.models[name])
+                    elif name in self._invalid and name in self._raw:
+                        await self._write_invalid_status(name)
                 except (KubeError, aiohttp.ClientError, TimeoutError) as e:
                     log.warning("model %s: reconcile failed: %s; will retry", name, e)
                     self._dirty.add(name)
@@ -446,7 +461,7 @@ class KubernetesBackend:
             state.logged_unschedulable = summary.unschedulable
         if not self.is_leader():
             return
-        state.error = ""
+        state.error = self._invalid.get(state.svc.name, "")
         deploy = self.deployments.cache.get(state.deployment)
         if state.svc.scale_target_ref is None:
             deploy = await self._ensure_deployment(state, deploy)
@@ -468,7 +483,12 @@ class KubernetesBackend:
         if deploy is None:
             if replicas > 0:
                 state.cold_started_at = self.clock()
-            created = await self.api.request("POST", self._paths["deploy"], body=want)
+            try:
+                created = await self.api.request("POST", self._paths["deploy"], body=want)
+            except KubeError as e:
+                if e.status != 409:
+                    raise
+                return None  # the previous leader made it a moment ago; the watch brings it
             state.pending_replicas = None
             log.info("model %s: created deployment with %d replica(s)", state.svc.name, replicas)
             if created is not None:
@@ -512,9 +532,32 @@ class KubernetesBackend:
         status = render_status(generation=int(state.obj["metadata"].get("generation", 1)),
                                deployment=state.deployment, desired=desired, pods=summary,
                                previous=previous, now_rfc3339=now, cold_start=state.cold_start,
-                               error=state.error)
+                               error=state.error,
+                               error_reason="InvalidSpec" if state.svc.name in self._invalid
+                               else "ReconcileError")
         if status == state.last_status:
             return
-        path = f"{self._paths['ms']}/{state.svc.name}/status"
-        await self.api.request("PATCH", path, body={"status": status}, patch=True)
+        await self._patch_status(state.svc.name, status)
         state.last_status = status
+
+    async def _write_invalid_status(self, name: str) -> None:
+        if not self.is_leader():
+            return
+        obj = self._raw[name]
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.wall()))
+        previous = self._invalid_status.get(name) or obj.get("status") or {}
+        status = render_status(generation=int(obj["metadata"].get("generation", 1)), deployment="",
+                               desired=0, pods=summarize_pods(()), previous=previous,
+                               now_rfc3339=now, cold_start=None, error=self._invalid[name],
+                               error_reason="InvalidSpec")
+        if status != self._invalid_status.get(name):
+            await self._patch_status(name, status)
+            self._invalid_status[name] = status
+
+    async def _patch_status(self, name: str, status: Obj) -> None:
+        path = f"{self._paths['ms']}/{name}/status"
+        try:
+            await self.api.request("PATCH", path, body={"status": status}, patch=True)
+        except KubeError as e:
+            if e.status != 404:  # deleted meanwhile: its DELETED event is on its way
+                raise

@@ -170,7 +170,7 @@ class _Watcher:
     resource: str
     namespace: str
     selector: list[tuple[str, str, tuple[str, ...]]]
-    queue: asyncio.Queue[Obj | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[Obj | None] = field(default_factory=asyncio.Queue)  # None ends the stream
 
     def wants(self, resource: str, obj: Obj) -> bool:
         meta = obj["metadata"]
@@ -514,12 +514,12 @@ class ApiEmulator:
                 if remaining is not None and remaining <= 0:
                     break
                 try:
-                    ev = await asyncio.wait_for(watcher.queue.get(), remaining)
+                    event = await asyncio.wait_for(watcher.queue.get(), remaining)
                 except TimeoutError:
                     break
-                if ev is None:
+                if event is None:
                     break
-                await response.write(json.dumps(ev).encode() + b"\n")
+                await response.write(json.dumps(event).encode() + b"\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

@@ -267,7 +267,7 @@ class FakeCluster:
                           "targetRef": {"kind": "Pod", "name": p["metadata"]["name"], "namespace": ns,
                                         "uid": p["metadata"]["uid"]},
                           "nodeName": p["spec"].get("nodeName")} for p in pods]
-            body = {"metadata": {"name": slice_name, "labels": labels, "ownerReferences": [owner]},
+            body: Obj = {"metadata": {"name": slice_name, "labels": labels, "ownerReferences": [owner]},
                     "addressType": "IPv4", "endpoints": endpoints,
                     "ports": [{"name": port_name, "port": port, "protocol": "TCP"}]}
             old = self.store.get(SLICE, ns, slice_name)

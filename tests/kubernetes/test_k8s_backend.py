@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import pytest
 from conftest import NS, Harness, eventually
+from emulator import ApiError
 
 from autoscaler.backends.base import EndpointSet
 from autoscaler.backends.k8s_render import RenderConfig
@@ -165,11 +166,25 @@ async def test_spec_change_patches_the_template_but_never_replicas(k8s: Harness)
         assert patches and all(w.replicas is None for w in patches)
 
 
-@pytest.mark.parametrize("bad", [{"scaling": {"target": -1}}, {"runtime": {"kind": "builtin"}}])
-async def test_invalid_model_services_are_skipped(k8s: Harness, bad: dict[str, object]) -> None:
+async def test_the_crd_schema_refuses_what_it_can(k8s: Harness) -> None:
+    with pytest.raises(ApiError) as err:
+        k8s.store.create(MS, NS, {"metadata": {"name": "bad"}, "spec": {"scaling": {"target": -1}}})
+    assert err.value.code == 422 and "target" in err.value.message
+
+
+async def test_invalid_model_service_is_reported_in_status_and_not_served(k8s: Harness) -> None:
     async with backend(k8s) as b:
-        k8s.store.create(MS, NS, {"metadata": {"name": "ok"}, "spec": IRIS})
-        with contextlib.suppress(Exception):  # the CRD schema may refuse it first
-            k8s.store.create(MS, NS, {"metadata": {"name": "bad"}, "spec": bad})
-        await eventually(lambda: "ok" in b.models)
-        assert "bad" not in b.models
+        k8s.apply_model("ok", IRIS)
+        # The schema accepts this; the parser knows the builtin runtime needs a model.
+        k8s.apply_model("bad", {"runtime": {"kind": "builtin"}})
+        cond = await eventually(lambda: condition(k8s.get(MS, "bad"), "Ready"), what="bad's status")
+        assert cond["status"] == "False" and cond["reason"] == "InvalidSpec"
+        assert "spec.runtime.model: required" in cond["message"]
+        assert "ok" in b.models and "bad" not in b.models
+        assert k8s.get(DEPLOY, "bad") is None
+        # Fixed, it is served like any other.
+        k8s.apply_model("bad", {"runtime": {"kind": "builtin", "model": "iris"}})
+        await eventually(lambda: k8s.get(DEPLOY, "bad"), what="the fixed model's deployment")
+        # Deleted, it is forgotten (its Deployment goes with it, by owner reference).
+        k8s.store.delete(MS, NS, "bad")
+        await eventually(lambda: "bad" not in b.models and k8s.get(DEPLOY, "bad") is None)

@@ -44,7 +44,8 @@ async def test_endpoint_slices_feed_the_table_and_survive_410(k8s: Harness) -> N
         assert act.discovery is not None
         lists = act.discovery.slices.lists
         k8s.expire_all_watches()
-        await eventually(lambda: act.discovery.slices.lists > lists, what="a re-list after 410")  # type: ignore[union-attr]
+        discovery = act.discovery
+        await eventually(lambda: discovery.slices.lists > lists, what="a re-list after 410")
         await b.scale("iris", 0)
         await eventually(lambda: act.table.get("iris").ready == (), what="the endpoint to go")
         # Nothing the activator did needed a write: its Role has none.
