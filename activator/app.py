@@ -102,10 +102,32 @@ class Activator:
 
     # --- request handling ---------------------------------------------------------------------
 
+    def local_endpoint(self, method: str, path: str) -> tuple[int, bytes] | None:
+        """Requests the activator answers itself, as the server clients think they talk to:
+        its health, the server metadata and the union of model lists. None: proxy it."""
+        if method not in ("GET", "HEAD"):
+            return None
+        if path == "/healthz" or path == "/v2/health/live":
+            return (503, b'{"status": "draining"}') if self.closing else (200, b'{"status": "ok"}')
+        if path == "/v2/health/ready":
+            # Ready to take requests for every model: cold ones are queued, not refused.
+            return (503, b'{"ready": false}') if self.closing else (200, b'{"ready": true}')
+        if path == "/v2":
+            return 200, json.dumps({"name": "zeroserve", "version": _version(),
+                                    "extensions": []}).encode()
+        if path in MODEL_LIST_PATHS:
+            names = sorted(self.services)
+            data = [{"id": name, "object": "model", "created": 0, "owned_by": "zeroserve"}
+                    for name in names]
+            # OpenAI's list and KServe v1's list in one body: each client reads its own key.
+            return 200, json.dumps({"object": "list", "data": data, "models": names}).encode()
+        return None
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
-        if path in MODEL_LIST_PATHS and request.method == "GET":
-            return self._model_list()
+        local = self.local_endpoint(request.method, path)
+        if local is not None:
+            return web.Response(status=local[0], body=local[1], content_type="application/json")
         route = self.router.route(request.host, path)
         shape: Shape = route.shape
         model = route.model
@@ -219,10 +241,9 @@ class Activator:
         return {"X-Zeroserve-Cold-Start": "true", "Server-Timing": ", ".join(timing)}
 
     def _model_list(self) -> web.Response:
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "zeroserve"}
-                for name in sorted(self.services)]
-        return web.Response(body=json.dumps({"object": "list", "data": data}).encode(),
-                            content_type="application/json")
+        local = self.local_endpoint("GET", "/v1/models")
+        assert local is not None
+        return web.Response(body=local[1], content_type="application/json")
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -248,6 +269,15 @@ class Activator:
                 "last_cold_start_s": gate.last_cold_start_s,
             }
         return out
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("zeroserve")
+    except Exception:
+        return "0"
 
 
 async def _read_prefix(request: web.Request, limit: int) -> bytes:
@@ -286,11 +316,5 @@ def build_app(activator: Activator, *, client_limit_per_host: int = 0) -> web.Ap
 
     app.cleanup_ctx.append(lifecycle)
 
-    async def healthz(request: web.Request) -> web.Response:
-        if activator.closing:
-            return web.json_response({"status": "draining"}, status=503)
-        return web.json_response({"status": "ok"})
-
-    app.router.add_route("GET", "/healthz", healthz)
     app.router.add_route("*", "/{tail:.*}", activator.handle)
     return app
