@@ -31,6 +31,14 @@ def _setup_logging() -> None:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=fmt)
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
+    """argparse exits on bad flags; the dispatcher contract is a returned code (2 for bad input)."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 2
+
+
 def storage_init_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="zeroserve storage-init",
@@ -45,7 +53,9 @@ def storage_init_main(argv: list[str]) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
     parser.add_argument("--part-size-mib", type=int, default=32, help="size of one ranged part (default 32)")
     parser.add_argument("--attempts", type=int, default=5, help="tries per part without progress (default 5)")
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
+    if isinstance(args, int):
+        return args
     _setup_logging()
     if args.concurrency < 1 or args.part_size_mib < 1 or args.attempts < 1:
         print("storage-init: --concurrency, --part-size-mib and --attempts must be >= 1", file=sys.stderr)
@@ -96,7 +106,9 @@ def cache_main(argv: list[str]) -> int:
     rm.add_argument("targets", nargs="+")
     prune = sub.add_parser("prune", help="evict LRU entries down to a budget")
     prune.add_argument("--budget", help="bytes, e.g. 50G (default $ZEROSERVE_CACHE_BYTES)")
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
+    if isinstance(args, int):
+        return args
     _setup_logging()
     default = NodeCache.default()
     cache = NodeCache(args.cache_dir, default.budget_bytes) if args.cache_dir else default

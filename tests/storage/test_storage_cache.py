@@ -148,3 +148,46 @@ async def test_progress_line_on_a_terminal_only() -> None:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     assert "MiB / 4.0 MiB" in tty.getvalue() and pipe.getvalue() == ""
+
+
+def test_bad_flags_return_2_instead_of_exiting(capsys: pytest.CaptureFixture[str]) -> None:
+    from runtime.storage.cli import storage_init_main
+
+    assert cache_main(["bogus"]) == 2
+    assert storage_init_main(["only-one-arg"]) == 2
+    assert storage_init_main(["--help"]) == 0
+    capsys.readouterr()
+
+
+async def test_hits_refresh_lru_and_eviction_spares_running_replicas(
+    file_server: FileServer, cache: NodeCache, tmp_path: Path
+) -> None:
+    file_server.files = {**model_files("/a/"), **model_files("/b/")}
+    await materialize(f"{file_server.url}/a/", tmp_path / "ra", cache, FAST)
+    await materialize(f"{file_server.url}/b/", tmp_path / "rb", cache, FAST)
+    now = time.time()
+    for entry, age_s in zip(sorted(cache.entries(), key=lambda e: e.uri), (200, 100), strict=True):
+        os.utime(entry.path / "last_used", (now - age_s, now - age_s))  # a is the older one
+    await materialize(f"{file_server.url}/a/", tmp_path / "ra2", cache, FAST)  # now a is the most recent
+    assert [e.uri for e in cache.entries()][-1] == f"{file_server.url}/a/"
+    size = cache.entries()[0].size_bytes
+    evicted = cache.prune(budget_bytes=size)
+    assert [e.uri for e in evicted] == [f"{file_server.url}/b/"]
+    # The replica that was using b keeps working: its hard links hold the data.
+    assert (tmp_path / "rb" / "big.bin").read_bytes() == file_server.files["/b/big.bin"]
+
+
+async def test_concurrent_prefetch_in_one_process_downloads_once(
+    file_server: FileServer, cache: NodeCache
+) -> None:
+    import asyncio
+
+    file_server.files = model_files()
+    file_server.chunk_delay_s = 0.005
+    entries = await asyncio.gather(*(prefetch(f"{file_server.url}/m/", cache, FAST) for _ in range(3)))
+    assert len(set(entries)) == 1
+    for path in file_server.files:
+        if file_server.files[path]:
+            ranges = [(s.start, s.end) for s in file_server.gets(path)]
+            assert len(ranges) == len(set(ranges)), path  # no range fetched twice
+    assert len(file_server.gets("/m/config.json")) == 1
