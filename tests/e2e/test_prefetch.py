@@ -55,6 +55,12 @@ async def artifacts() -> AsyncIterator[tuple[ArtifactServer, int]]:
     await runner.cleanup()
 
 
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text: str = r.read().decode()
+        return text
+
+
 async def _until(predicate: object, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():  # type: ignore[operator]
@@ -81,15 +87,14 @@ spec:
         await asyncio.to_thread(up.wait_up)
         # Prefetch at registration: every file downloaded once, while the model sits at zero.
         await _until(lambda: server.file_gets >= files, 30, "the prefetch")
-        assert up.status()["models"]["iris"]["ready"] == 0
+        assert (await asyncio.to_thread(up.status))["models"]["iris"]["ready"] == 0
         async with aiohttp.ClientSession() as s:
             async with s.post(up.url + "/v1/models/iris:predict",
                               json={"instances": [[5.1, 3.5, 1.4, 0.2]]}) as r:
                 assert r.status == 200, await r.text()
                 assert r.headers["X-Zeroserve-Cold-Start"] == "true"
         assert server.file_gets == files      # the cold start downloaded nothing
-        with urllib.request.urlopen(up.admin + "/metrics", timeout=5) as m:
-            metrics = m.read().decode()
+        metrics = await asyncio.to_thread(_get, up.admin + "/metrics")
         hit = [line for line in metrics.splitlines()
                if line.startswith('zeroserve_storage_bytes_total{cache="hit",scheme="http"}')]
         assert hit and float(hit[0].split()[-1]) > 0, metrics[-2000:]
