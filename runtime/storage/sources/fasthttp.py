@@ -31,6 +31,8 @@ class ShortRead(ConnectionError):
 
 def _request(url: URL, headers: Mapping[str, str]) -> bytes:
     host = url.raw_host or ""
+    if ":" in host:  # an IPv6 literal goes back into brackets
+        host = f"[{host}]"
     if url.port and not url.is_default_port():
         host = f"{host}:{url.port}"
     lines = [

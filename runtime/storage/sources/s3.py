@@ -88,12 +88,15 @@ class S3Source:
         self._session = new_session(transfer or TransferConfig())
         self._etag_not_md5: set[str] = set()
         parts = urlsplit(config.endpoint)
+        netloc = parts.netloc
+        if (parts.scheme, parts.port) in (("http", 80), ("https", 443)):
+            netloc = netloc.rsplit(":", 1)[0]  # clients send Host without a default port; sign the same
         bucket_dotted = "." in uri.bucket
         if config.path_style or bucket_dotted:
-            self._host = parts.netloc
+            self._host = netloc
             self._base_path = f"/{uri_encode(uri.bucket, keep_slash=False)}"
         else:
-            self._host = f"{uri.bucket}.{parts.netloc}"
+            self._host = f"{uri.bucket}.{netloc}"
             self._base_path = ""
         self._scheme = parts.scheme
 
