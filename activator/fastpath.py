@@ -24,12 +24,12 @@ from typing import cast
 from urllib.parse import unquote
 
 import httptools
-from prometheus_client import Counter, Histogram
 
 from activator.app import Activator
 from activator.exchange import RESPONDING, WAIT_BODY, Exchange
 from activator.http1 import HOP_BY_HOP, UpstreamPool, render
 from activator.routing import Route
+from activator.tally import FLUSH_PERIOD_S, Tally
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,10 @@ class FastPath:
         self._reporter: asyncio.Task[None] | None = None
         self._routes: dict[tuple[bytes, bytes], Route] = {}
         self._router = activator.router
-        self._requests: dict[tuple[str, str], Counter] = {}
-        self._durations: dict[str, Histogram] = {}
+        self.tally = Tally(activator.metrics.requests, activator.metrics.duration)
+        self.count = self.tally.count
+        self.observe = self.tally.observe
+        self._flusher: asyncio.TimerHandle | None = None
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 4096,
                     report_load: bool = True) -> asyncio.AbstractServer:
@@ -63,6 +65,7 @@ class FastPath:
             self._reporter = asyncio.create_task(
                 self.activator.tracker.run(self.activator.report_period_s),
                 name="activator-load-reporter")
+        self._flusher = self.loop.call_later(FLUSH_PERIOD_S, self._flush_tick)
         self.server = await self.loop.create_server(
             lambda: ClientConn(self), host, port, reuse_port=reuse_port or None, backlog=backlog)
         return self.server
@@ -77,6 +80,9 @@ class FastPath:
         for client in list(self.clients):
             client.close()
         self.pool.close()
+        if self._flusher is not None:
+            self._flusher.cancel()
+        self.tally.flush()
         if self._reporter is not None:
             self._reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -103,18 +109,13 @@ class FastPath:
             self._routes[key] = hit
         return hit
 
-    def count(self, model: str, code: str) -> None:
-        key = (model, code)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = self.activator.metrics.requests.labels(model, code)
-        child.inc()
+    def flush_metrics(self) -> None:
+        """Move tallied request counts and durations into Prometheus now."""
+        self.tally.flush()
 
-    def observe(self, model: str, seconds: float) -> None:
-        child = self._durations.get(model)
-        if child is None:
-            child = self._durations[model] = self.activator.metrics.duration.labels(model)
-        child.observe(seconds)
+    def _flush_tick(self) -> None:
+        self.tally.flush()
+        self._flusher = self.loop.call_later(FLUSH_PERIOD_S, self._flush_tick)
 
 
 async def serve_fast(activator: Activator, host: str, port: int, *, reuse_port: bool = False,

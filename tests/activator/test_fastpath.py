@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry
 
 from activator.app import Activator
 from activator.fastpath import FastPath
+from activator.metrics import ActivatorMetrics
+from activator.tally import Tally
 from autoscaler.backends.base import Endpoint, EndpointSet
 from tests.activator.test_proxy import RecordingSink, Upstream, _serve
 from tests.conftest import free_port
@@ -86,6 +88,7 @@ class Stack:
             writer.close()
 
     def count(self, model: str, code: str) -> float:
+        self.fast.flush_metrics()
         value = self.activator.metrics.requests.labels(model, code)._value.get()
         return float(value)
 
@@ -419,3 +422,26 @@ async def test_response_delimited_by_close_reaches_the_client_whole(stack: Stack
                 assert await r.read() == b"no length, ends at EOF"
     server.close()
     await server.wait_closed()
+
+
+def test_tally_flushes_the_same_series_as_direct_observation() -> None:
+    direct, tallied = CollectorRegistry(), CollectorRegistry()
+    a, b = ActivatorMetrics(direct), ActivatorMetrics(tallied)
+    tally = Tally(b.requests, b.duration)
+    values = [0.0005, 0.001, 0.0011, 0.003, 0.2, 0.25, 7.0, 900.0]   # edges, middle, past +Inf
+    for i, v in enumerate(values):
+        code = "200" if i % 3 else "503"
+        a.requests.labels("m", code).inc()
+        a.duration.labels("m").observe(v)
+        tally.count("m", code)
+        tally.observe("m", v)
+    tally.flush()
+    tally.flush()   # a second flush adds nothing
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for metric in registry.collect() for s in metric.samples
+                if not s.name.endswith("_created")}
+
+    assert samples(tallied) == pytest.approx(samples(direct))
+    assert samples(direct)[("zeroserve_request_duration_seconds_count", (("model", "m"),))] == 8
