@@ -38,7 +38,9 @@ NEW, WAIT_BODY, QUEUED, CONNECTING, SENT, RESPONDING, DONE = range(7)
 RETRYABLE = frozenset(m.encode() for m in RETRYABLE_METHODS)
 CODES = {code: str(code) for code in range(100, 600)}
 JSON = [("Content-Type", "application/json")]
-MODEL_LIST_BYTES = frozenset(p.encode() for p in MODEL_LIST_PATHS)
+# Paths the activator answers itself (Activator.local_endpoint): health, metadata, model lists.
+LOCAL_PATHS = frozenset({b"/healthz", b"/v2", b"/v2/health/live", b"/v2/health/ready",
+                         *(p.encode() for p in MODEL_LIST_PATHS)})
 
 
 def _wire(chunks: list[bytes], chunked: bool) -> bytes:
@@ -146,13 +148,10 @@ class Exchange:
         url = self.url
         q = url.find(b"?")
         path = url if q < 0 else url[:q]
-        if self.method == b"GET":
-            if path == b"/healthz":
-                ok = not act.closing
-                self._respond(200 if ok else 503, b'{"status": "ok"}' if ok else b'{"status": "draining"}')
-                return
-            if path in MODEL_LIST_BYTES:
-                self._respond(200, act._model_list().body)  # type: ignore[arg-type]
+        if self.method in (b"GET", b"HEAD") and path in LOCAL_PATHS:
+            local = act.local_endpoint(self.method.decode(), path.decode("latin-1"))
+            if local is not None:
+                self._respond(local[0], local[1])
                 return
         route = fp.route(self.host, path)
         self.shape = route.shape

@@ -41,6 +41,7 @@ class UpConfig:
     drain_s: float = 30.0
     stop_grace_s: float = 30.0
     cache_dir: Path | None = None
+    data_path: str = "fast"       # fast (raw asyncio + httptools) | aiohttp (reference path)
 
 
 class _Sink:
@@ -103,6 +104,7 @@ class Stack:
         self.backend.subscribe(self.activator.table.update)
         self._runners: list[web.AppRunner] = []
         self._loop_task: asyncio.Task[None] | None = None
+        self._fast: Any | None = None
 
     def _demand(self, model: str) -> int:
         if self.activator is None:
@@ -118,11 +120,17 @@ class Stack:
             self.autoscaler.upsert(svc)
         self._loop_task = asyncio.create_task(self.autoscaler.run(), name="autoscaler")
         assert self.activator is not None
-        runner = web.AppRunner(build_app(self.activator), handler_cancellation=True,
-                               access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, self.config.host, self.config.port, backlog=4096).start()
-        self._runners.append(runner)
+        if self.config.data_path == "fast":
+            from activator.fastpath import FastPath
+
+            self._fast = FastPath(self.activator)
+            await self._fast.start(self.config.host, self.config.port)
+        else:
+            runner = web.AppRunner(build_app(self.activator), handler_cancellation=True,
+                                   access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, self.config.host, self.config.port, backlog=4096).start()
+            self._runners.append(runner)
         admin = web.AppRunner(self._admin_app(), access_log=None)
         await admin.setup()
         await web.TCPSite(admin, self.config.admin_host, self.config.admin_port).start()
@@ -130,9 +138,11 @@ class Stack:
 
     async def stop(self) -> None:
         assert self.activator is not None
-        if self._runners:
+        if self._runners or self._fast is not None:
             log.info("draining in-flight requests (up to %.0fs)", self.config.drain_s)
             await self.activator.drain(self.config.drain_s)
+        if self._fast is not None:
+            await self._fast.close()
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -217,6 +227,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--stop-grace", type=float, default=30.0,
                    help="seconds a replica gets between SIGTERM and SIGKILL")
     p.add_argument("--cache-dir", type=Path, help="node cache (default $ZEROSERVE_CACHE_DIR)")
+    p.add_argument("--data-path", choices=("fast", "aiohttp"), default="fast",
+                   help="the activator's HTTP implementation (default fast)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -238,7 +250,8 @@ def main(argv: list[str]) -> int:
         return 2
     config = UpConfig(files=tuple(args.file), host=args.host, port=args.port,
                       admin_host=args.admin_host, admin_port=args.admin_port, drain_s=args.drain,
-                      stop_grace_s=args.stop_grace, cache_dir=args.cache_dir)
+                      stop_grace_s=args.stop_grace, cache_dir=args.cache_dir,
+                      data_path=args.data_path)
     try:
         import uvloop
 
