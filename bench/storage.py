@@ -213,7 +213,7 @@ def s3_pass(base: Path, model: Path, files: list[Path]) -> dict[str, object]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gib", type=float, default=2.0, help="model size (default 2 GiB)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating curl/zeroserve rounds (best of)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating curl/zeroserve rounds (best of)")
     args = parser.parse_args()
     total = int(args.gib * (1 << 30))
     base = Path(tempfile.mkdtemp(prefix="zs-bench-storage-", dir=os.environ.get("TMPDIR", "/tmp")))
