@@ -469,13 +469,15 @@ class KubernetesBackend:
             state.error = f"scaleTargetRef: deployment {state.deployment} not found"
         if deploy is not None:
             await self._ensure_service(state, deploy)
+            if state.pending_replicas is not None:
+                replicas, state.pending_replicas = state.pending_replicas, None
+                await self.scale(state.svc.name, replicas)
         await self._write_status(state, deploy, summary)
 
     async def _ensure_deployment(self, state: _Model, deploy: Obj | None) -> Obj | None:
         owner = state.obj if state.obj.get("metadata", {}).get("uid") else None
-        replicas = state.pending_replicas
-        if replicas is None:
-            replicas = state.svc.scaling.initial_scale
+        asked = state.pending_replicas
+        replicas = asked if asked is not None else state.svc.scaling.initial_scale
         want = render_deployment(state.svc, self.config.render, owner, replicas)
         template = json.dumps(want["spec"]["template"], sort_keys=True).encode()
         digest = hashlib.sha256(template).hexdigest()[:16]
@@ -489,7 +491,8 @@ class KubernetesBackend:
                 if e.status != 409:
                     raise
                 return None  # the previous leader made it a moment ago; the watch brings it
-            state.pending_replicas = None
+            if state.pending_replicas == asked:
+                state.pending_replicas = None  # else scale() asked again during the POST
             log.info("model %s: created deployment with %d replica(s)", state.svc.name, replicas)
             if created is not None:
                 self.deployments.cache[state.deployment] = created

@@ -341,6 +341,7 @@ class ApiEmulator:
         self.store = store or Store()
         self.writes: list[Write] = []
         self.accesses: list[Access] = []
+        self.latency_s: dict[tuple[str, str], float] = {}  # (verb, plural) -> added delay, for races
         self.app = web.Application()
         for prefix in ("/api/{version}", "/apis/{group}/{version}"):
             base = prefix + "/namespaces/{ns}/{plural}"
@@ -404,6 +405,7 @@ class ApiEmulator:
                                           "metadata": {"resourceVersion": str(self.store.rv)},
                                           "items": items})
             if request.method == "POST":
+                await self._delay("create", resource)
                 obj = self.store.create(resource, ns, await request.json())
                 self._audit(request, "create", resource, obj["metadata"]["name"], "", obj)
                 return web.json_response(obj, status=201)
@@ -456,6 +458,11 @@ class ApiEmulator:
         group = "" if parts[0] == "v1" else parts[0]
         plural = "/".join(parts[1:] if group == "" else parts[2:])
         self.accesses.append(Access(_identity(request), verb, group, plural, name))
+
+    async def _delay(self, verb: str, resource: str) -> None:
+        delay = self.latency_s.get((verb, resource.split("/")[-1]))
+        if delay:
+            await asyncio.sleep(delay)
 
     def _write_scale(self, request: web.Request, ns: str, name: str, body: Obj) -> Obj:
         replicas = (body.get("spec") or {}).get("replicas")

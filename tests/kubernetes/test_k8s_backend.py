@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
-from conftest import NS, Harness, eventually
 from emulator import ApiError
+from k8s_harness import NS, Harness, eventually
 
 from autoscaler.backends.base import EndpointSet
 from autoscaler.backends.k8s_render import RenderConfig
@@ -79,6 +79,16 @@ async def test_scale_to_zero_and_back_records_a_cold_start(k8s: Harness) -> None
         others = [w for w in k8s.emu.writes if w.resource == DEPLOY and w.replicas is not None
                   and w.subresource != "scale" and w.verb != "create"]
         assert others == []
+
+
+async def test_a_scale_during_the_deployment_create_is_not_lost(k8s: Harness) -> None:
+    k8s.emu.latency_s[("create", "deployments")] = 0.5
+    async with backend(k8s) as b:
+        k8s.apply_model("iris", {**IRIS, "scaling": {"initialScale": 0}})
+        await eventually(lambda: any(a.verb == "create" and a.resource == "deployments"
+                                     for a in k8s.emu.accesses), what="the create in flight")
+        await b.scale("iris", 1)  # the autoscaler's first decision races the create
+        await eventually(lambda: b.ready_replicas("iris") == 1, what="the replica asked for")
 
 
 async def test_a_follower_writes_nothing(k8s: Harness) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from conftest import NS, Harness, eventually
 from fake_cluster import free_port
+from k8s_harness import NS, Harness, eventually
 from test_k8s_backend import IRIS, backend
 
 from activator.cluster import ActivatorConfig, ClusterActivator

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import NS, ROOT, Harness, eventually, load_roles
 from fake_cluster import free_port
+from k8s_harness import NS, ROOT, Harness, eventually, load_roles
 from test_k8s_discovery import activator
 
 LEASE_S, RENEW_S, RETRY_S = 2.0, 1.5, 0.25

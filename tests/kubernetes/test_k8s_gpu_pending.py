@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import aiohttp
-from conftest import NS, Harness, eventually
 from fake_cluster import free_port
+from k8s_harness import NS, Harness, eventually
 from test_k8s_discovery import activator
 
 from autoscaler.cluster import AutoscalerConfig, ClusterAutoscaler

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from conftest import NS, Harness
+from k8s_harness import NS, Harness
 
 from autoscaler.backends.kubernetes import KubeApi, KubernetesLeaseStore, configuration
 from autoscaler.leader import ElectionConfig, LeaderElector

@@ -14,8 +14,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import ROOT, load_crd
 from emulator import openapi_to_jsonschema
+from k8s_harness import ROOT, load_crd
 
 from autoscaler.backends.k8s_render import RenderConfig, render_deployment, render_service
 from zeroserve import manifests
