@@ -140,15 +140,18 @@ class Downloader:
         stem = hashlib.sha256(f.path.encode()).hexdigest()[:24]
         partial = self.parts_dir / f"{stem}.partial"
         journal = self.parts_dir / f"{stem}.json"
-        done: list[tuple[int, int]] = []
+        done: list[tuple[int, int]] | None = None
         if partial.exists() and journal.exists():
             try:
                 data = json.loads(journal.read_text())
                 if data.get("size") == f.size_bytes and data.get("etag") == f.etag:
                     done = [(int(s), int(e)) for s, e in data.get("done", [])]
             except (ValueError, TypeError):
-                done = []
-        return _FileState(f, partial, journal, done, parts_left=0)
+                done = None
+        if done is None:  # no usable journal: the old bytes (maybe another size) must not survive
+            partial.unlink(missing_ok=True)
+            journal.unlink(missing_ok=True)
+        return _FileState(f, partial, journal, done or [], parts_left=0)
 
     def _check_space(self, todo: list[_FileState]) -> None:
         needed = sum(st.f.size_bytes - sum(e - s for s, e in _merge(st.done_ranges)) for st in todo)

@@ -273,3 +273,23 @@ async def test_forbidden_file_inside_a_directory(
     with pytest.raises(AccessDeniedError, match=r"big\.bin: HTTP 403"):
         await materialize(f"{file_server.url}/m/", tmp_path / "d", cache, FAST)
     assert cache.entries() == []
+
+
+async def test_a_changed_file_does_not_resume_from_stale_bytes(
+    file_server: FileServer, cache: NodeCache, tmp_path: Path
+) -> None:
+    file_server.files = {"/m/w.bin": os.urandom(900 * KiB)}
+    file_server.cut_at["/m/w.bin"] = 700 * KiB
+    file_server.cuts_left["/m/w.bin"] = 1000
+    flaky = TransferConfig(concurrency=1, part_size_bytes=PART, min_ranged_bytes=2 * PART, attempts=1)
+    with pytest.raises(TransientError):
+        await materialize(f"{file_server.url}/m/", tmp_path / "d", cache, flaky)
+    # Same path and listing version, but the journal no longer matches (a shorter file, say).
+    (journal,) = (cache.root / "staging").rglob("*.json")
+    journal.write_text(json.dumps({"size": 1, "etag": "old", "done": [[0, 1]]}))
+    file_server.cuts_left.clear()
+    first_run = len(file_server.log)
+    await materialize(f"{file_server.url}/m/", tmp_path / "d", cache, flaky)
+    assert (tmp_path / "d" / "w.bin").read_bytes() == file_server.files["/m/w.bin"]
+    again = [s for s in file_server.log[first_run:] if s.path == "/m/w.bin"]
+    assert sum(s.end - s.start for s in again) == 900 * KiB  # every byte fetched again
