@@ -287,6 +287,7 @@ async def test_a_changed_file_does_not_resume_from_stale_bytes(
     # Same path and listing version, but the journal no longer matches (a shorter file, say).
     (journal,) = (cache.root / "staging").rglob("*.json")
     journal.write_text(json.dumps({"size": 1, "etag": "old", "done": [[0, 1]]}))
+    os.truncate(journal.with_suffix(".partial"), 2 * MiB)  # stale bytes past the new end
     file_server.cuts_left.clear()
     first_run = len(file_server.log)
     await materialize(f"{file_server.url}/m/", tmp_path / "d", cache, flaky)
