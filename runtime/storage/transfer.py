@@ -184,6 +184,8 @@ class Downloader:
                     if err.errno == errno.ENOSPC:
                         raise
                     os.ftruncate(st.fd, st.f.size_bytes)  # filesystem without fallocate
+            elif os.fstat(st.fd).st_size != st.f.size_bytes:
+                os.ftruncate(st.fd, st.f.size_bytes)  # a resumed file is exactly its size, never longer
         return st.fd
 
     def _close(self, st: _FileState) -> None:
