@@ -228,6 +228,31 @@ def _pread_full(fd: int, buffers: list[memoryview], offset: int) -> None:
         offset += n
 
 
+class Reading:
+    """Reader threads at work (:meth:`Loader.start`); :meth:`join` waits and returns the throughput."""
+
+    def __init__(self, nbytes: int, readers: int, device: torch.device | None) -> None:
+        self.nbytes = nbytes
+        self.readers = readers
+        self.device = device
+        self.started = time.perf_counter()
+        self.threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+        self.finished: list[float] = []    # each reader's end, its copies included (list.append is atomic)
+
+    def join(self) -> LoadStats:
+        for t in self.threads:
+            t.join()
+        if self.device is not None and self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+        if self.errors:
+            raise self.errors[0]
+        end = max(self.finished, default=time.perf_counter())
+        return LoadStats(self.nbytes, end - self.started, self.readers, str(self.device or "cpu"))
+
+
 class Loader:
     """Reads shards into tensors with ``readers`` threads; keeps its pinned staging buffers."""
 
@@ -261,6 +286,10 @@ class Loader:
 
     def read(self, shards: Sequence[Shard], dest: Mapping[str, torch.Tensor]) -> LoadStats:
         """Fill ``dest`` (from :meth:`allocate`) with the shards' bytes; returns the throughput."""
+        return self.start(shards, dest).join()
+
+    def start(self, shards: Sequence[Shard], dest: Mapping[str, torch.Tensor]) -> Reading:
+        """Start the readers and return at once, so the caller can build the model meanwhile."""
         chunks = plan_chunks(shards, self.chunk_bytes)
         device = next(iter(dest.values())).device if dest else None
         views = {name: _byte_view(t) for name, t in dest.items()}
@@ -273,27 +302,17 @@ class Loader:
             assert device is not None
             self.warm(device)
             self._device = device
-        errors: list[BaseException] = []
-        started = time.perf_counter()
-        threads = [
-            threading.Thread(target=self._run_reader, args=(i, work, views, cuda, errors), daemon=True)
+        reading = Reading(sum(c.nbytes for c in chunks), readers, device)
+        reading.threads = [
+            threading.Thread(target=self._run_reader, args=(i, work, views, cuda, reading), daemon=True)
             for i in range(readers)
         ]
-        for t in threads:
+        for t in reading.threads:
             t.start()
-        for t in threads:
-            t.join()
-        if cuda:
-            import torch
-
-            torch.cuda.synchronize(device)
-        if errors:
-            raise errors[0]
-        total = sum(c.nbytes for c in chunks)
-        return LoadStats(total, time.perf_counter() - started, readers, str(device or "cpu"))
+        return reading
 
     def _run_reader(self, index: int, work: queue.SimpleQueue[_Chunk], views: Mapping[str, torch.Tensor],
-                    cuda: bool, errors: list[BaseException]) -> None:
+                    cuda: bool, reading: Reading) -> None:
         fds: dict[Path, int] = {}
         try:
             if cuda:
@@ -301,13 +320,14 @@ class Loader:
             else:
                 self._cpu_reader(work, views, fds)
         except BaseException as e:  # handed to the caller; the other readers drain and stop
-            errors.append(e)
+            reading.errors.append(e)
             with contextlib.suppress(queue.Empty):
                 while True:
                     work.get_nowait()
         finally:
             for fd in fds.values():
                 os.close(fd)
+            reading.finished.append(time.perf_counter())
 
     @staticmethod
     def _chunks(work: queue.SimpleQueue[_Chunk], fds: dict[Path, int]) -> Iterator[tuple[int, _Chunk]]:
@@ -456,21 +476,34 @@ def load_model(model_dir: Path, device: torch.device, *, loader: Loader,
     t0 = time.perf_counter()
     shards = [read_header(p) for p in shard_files(model_dir)]
     t1 = time.perf_counter()
-    model = build_skeleton(model_dir, checkpoint_dtype(shards))
+    reading: Reading | None = None
+    if parked is None:
+        # The readers need only the headers: they run (GIL released in preadv) while the skeleton
+        # is built, which is Python-heavy; "read" below is then only the part not hidden by "build".
+        tensors = loader.allocate(shards, device)
+        reading = loader.start(shards, tensors)
+    try:
+        model = build_skeleton(model_dir, checkpoint_dtype(shards))
+    except BaseException:
+        if reading is not None:   # let the readers finish with the tensors before they are dropped
+            with contextlib.suppress(BaseException):
+                reading.join()
+        raise
     t2 = time.perf_counter()
-    if parked is not None:
+    if reading is not None:
+        stats = reading.join()
+        source = "disk"
+    else:
+        assert parked is not None
         tensors = copy_tensors(parked, device)
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         stats = LoadStats(nbytes, time.perf_counter() - t2, 1, str(device))
         source = "parked"
-    else:
-        tensors = loader.allocate(shards, device)
-        stats = loader.read(shards, tensors)
-        source = "disk"
     t3 = time.perf_counter()
     install(model, tensors, device)
     t4 = time.perf_counter()
-    timings = {"headers": t1 - t0, "build": t2 - t1, "read": t3 - t2, "install": t4 - t3, "load": t4 - t0}
+    timings = {"headers": t1 - t0, "build": t2 - t1, "read": t3 - t2, "install": t4 - t3, "load": t4 - t0,
+               "read_total": stats.seconds}
     log.info("loaded %s from %s: %d bytes in %.3f s (%.2f GB/s read)", model_dir, source,
              stats.bytes_read, t4 - t0, stats.gbps)
     return LoadedModel(model, tensors, device, stats.bytes_read, source, timings, stats)
