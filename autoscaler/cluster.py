@@ -30,12 +30,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from autoscaler.aggregation import StatSample
+from autoscaler.backends.k8s_lease import KubernetesLeaseStore
 from autoscaler.backends.k8s_render import RenderConfig
 from autoscaler.backends.kubernetes import (
     KubeApi,
     KubernetesBackend,
     KubernetesConfig,
-    KubernetesLeaseStore,
     configuration,
 )
 from autoscaler.leader import ElectionConfig, LeaderElector

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from autoscaler.backends.base import Endpoint
 from zeroserve.spec import API_VERSION, KIND, ModelService, parse_specs
 
 Obj = dict[str, Any]
@@ -157,6 +158,28 @@ def render_service(svc: ModelService, selector: Mapping[str, str], port: int,
     return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
             "spec": {"clusterIP": "None", "selector": dict(selector), "publishNotReadyAddresses": False,
                      "ports": [{"name": "http", "port": port, "targetPort": port, "protocol": "TCP"}]}}
+
+
+def pods_selected(pods: Iterable[Mapping[str, Any]], selector: Mapping[str, str]) -> list[Obj]:
+    """The pods a Deployment's matchLabels select."""
+    return [dict(p) for p in pods
+            if all((p["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())]
+
+
+def ready_endpoints(pods: Iterable[Mapping[str, Any]], default_port: int) -> tuple[Endpoint, ...]:
+    """Ready, not terminating pods as endpoints (pod IP, first container port), sorted by name."""
+    out = []
+    for pod in pods:
+        status = pod.get("status") or {}
+        if pod["metadata"].get("deletionTimestamp"):
+            continue  # terminating: no new requests, even while its readiness still passes
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in status.get("conditions") or [])
+        if ready and status.get("podIP"):
+            ports = pod["spec"]["containers"][0].get("ports") or [{}]
+            port = int(ports[0].get("containerPort", default_port))
+            out.append(Endpoint(pod["metadata"]["name"], status["podIP"], port))
+    return tuple(sorted(out, key=lambda e: e.id))
 
 
 def summarize_pods(pods: Iterable[Mapping[str, Any]]) -> PodSummary:

@@ -20,6 +20,14 @@ Obj = dict[str, Any]
 EventHandler = Callable[[str, Obj], None]
 
 
+class KubeError(RuntimeError):
+    """An API call answered with an error status (0: no answer at all)."""
+
+    def __init__(self, status: int, body: Obj) -> None:
+        super().__init__(f"{status} {body.get('reason', '')}: {body.get('message', body)}")
+        self.status = status
+
+
 class WatchGone(Exception):
     """The resourceVersion to resume from is no longer in the server's history."""
 

@@ -27,32 +27,26 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio.client import ApiClient, Configuration
 
-from autoscaler.backends.base import Endpoint, EndpointCallback, EndpointSet
+from autoscaler.backends.base import EndpointCallback, EndpointSet
 from autoscaler.backends.k8s_render import (
     LABEL_MODEL,
     RenderConfig,
     model_port,
     model_service_from_object,
+    pods_selected,
+    ready_endpoints,
     render_deployment,
     render_service,
     render_status,
     summarize_pods,
 )
-from autoscaler.backends.k8s_watch import Informer, Obj
-from autoscaler.leader import LeaseRecord
+from autoscaler.backends.k8s_watch import Informer, KubeError, Obj
 from zeroserve.spec import ModelService, SpecError
 
 log = logging.getLogger(__name__)
 
 GROUP_PATH = "/apis/serving.zeroserve.io/v1alpha1"
 TEMPLATE_HASH = "serving.zeroserve.io/template-hash"
-LEADER_URL = "serving.zeroserve.io/leader-url"
-
-
-class KubeError(RuntimeError):
-    def __init__(self, status: int, body: Obj) -> None:
-        super().__init__(f"{status} {body.get('reason', '')}: {body.get('message', body)}")
-        self.status = status
 
 
 def configuration(host: str | None = None, token: str | None = None) -> Configuration:
@@ -128,71 +122,6 @@ class KubeApi:
                     yield json.loads(line)
         finally:
             resp.release()
-
-
-def _micro(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
-
-
-def _parse_micro(text: str | None) -> float:
-    if not text:
-        return 0.0
-    import calendar
-
-    head, _, frac = text.rstrip("Z").partition(".")
-    return calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{frac or 0}")
-
-
-class KubernetesLeaseStore:
-    """`leader.LeaseStore` on a coordination.k8s.io/v1 Lease."""
-
-    def __init__(self, api: KubeApi, namespace: str, name: str) -> None:
-        self.api = api
-        self.path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
-        self.name = name
-
-    @staticmethod
-    def _record(obj: Obj) -> LeaseRecord:
-        spec = obj.get("spec") or {}
-        return LeaseRecord(
-            holder=spec.get("holderIdentity") or "",
-            lease_duration_s=float(spec.get("leaseDurationSeconds") or 0),
-            acquire_time_s=_parse_micro(spec.get("acquireTime")),
-            renew_time_s=_parse_micro(spec.get("renewTime")),
-            transitions=int(spec.get("leaseTransitions") or 0),
-            holder_address=(obj["metadata"].get("annotations") or {}).get(LEADER_URL, ""),
-            version=obj["metadata"]["resourceVersion"])
-
-    def _body(self, r: LeaseRecord) -> Obj:
-        meta: Obj = {"name": self.name, "annotations": {LEADER_URL: r.holder_address}}
-        if r.version:
-            meta["resourceVersion"] = r.version
-        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
-                "spec": {"holderIdentity": r.holder,
-                         "leaseDurationSeconds": max(1, round(r.lease_duration_s)),
-                         "acquireTime": _micro(r.acquire_time_s), "renewTime": _micro(r.renew_time_s),
-                         "leaseTransitions": r.transitions}}
-
-    async def get(self) -> LeaseRecord | None:
-        obj = await self.api.request("GET", f"{self.path}/{self.name}", ok_missing=True)
-        return None if obj is None else self._record(obj)
-
-    async def create(self, record: LeaseRecord) -> LeaseRecord | None:
-        try:
-            return self._record(await self.api.request("POST", self.path, body=self._body(record)) or {})
-        except KubeError as e:
-            if e.status == 409:
-                return None
-            raise
-
-    async def update(self, record: LeaseRecord) -> LeaseRecord | None:
-        try:
-            obj = await self.api.request("PUT", f"{self.path}/{self.name}", body=self._body(record))
-            return self._record(obj or {})
-        except KubeError as e:
-            if e.status in (404, 409):
-                return None
-            raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,24 +327,11 @@ class KubernetesBackend:
     def _pods_of(self, state: _Model) -> list[Obj]:
         deploy = self.deployments.cache.get(state.deployment)
         selector = ((deploy or {}).get("spec", {}).get("selector") or {}).get("matchLabels")
-        if not selector:
-            selector = {LABEL_MODEL: state.svc.name}
-        return [p for p in self.pods.cache.values()
-                if all((p["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())]
+        return pods_selected(self.pods.cache.values(), selector or {LABEL_MODEL: state.svc.name})
 
     def _refresh_endpoints(self, name: str) -> None:
         state = self.models[name]
-        ready = []
-        for pod in self._pods_of(state):
-            conds = (pod.get("status") or {}).get("conditions") or []
-            ip = (pod.get("status") or {}).get("podIP")
-            if pod["metadata"].get("deletionTimestamp"):
-                continue  # terminating: no new requests, even while its readiness still passes
-            if ip and any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds):
-                ports = pod["spec"]["containers"][0].get("ports") or [{}]
-                port = int(ports[0].get("containerPort", model_port(state.svc)))
-                ready.append(Endpoint(pod["metadata"]["name"], ip, port))
-        eps = tuple(sorted(ready, key=lambda e: e.id))
+        eps = ready_endpoints(self._pods_of(state), model_port(state.svc))
         if eps == state.endpoints.ready:
             return
         if eps and not state.endpoints.ready and state.cold_started_at is not None:
