@@ -55,6 +55,7 @@ def parse_bytes(text: str) -> int:
 class NodeCache:
     root: Path
     budget_bytes: int = DEFAULT_BUDGET_BYTES
+    read_only: bool = True  # shared entries are; a private scratch cache (no node cache) is not
 
     @classmethod
     def default(cls) -> NodeCache:
@@ -120,7 +121,7 @@ class NodeCache:
                 st = os.lstat(p)
                 nbytes += st.st_size
                 nfiles += 1
-                if not os.path.islink(p):
+                if self.read_only and not os.path.islink(p):
                     # Read-only: every replica shares these inodes through hard links.
                     os.chmod(p, 0o444)
         build = self.root / "entries" / f".build-{key}-{os.getpid()}"

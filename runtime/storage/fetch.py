@@ -119,8 +119,9 @@ async def _ensure(uri: StorageUri, cache: NodeCache, config: TransferConfig) -> 
             started = time.monotonic()
             staging = cache.staging_dir(key)
             data = await _download(uri, source, listing, staging, config)
-            entry = cache.publish(key, data, uri.raw, listing.version)
-            remove_tree(staging)
+            # Walking, chmod-ing and deleting thousands of files would stall the caller's loop.
+            entry = await asyncio.to_thread(cache.publish, key, data, uri.raw, listing.version)
+            await asyncio.to_thread(remove_tree, staging)
             metrics.record(uri.scheme, False, listing.total_bytes, time.monotonic() - started)
         await asyncio.to_thread(cache.prune, None, frozenset({key}))
         return _Ensured(entry, True, listing.total_bytes)
@@ -172,7 +173,8 @@ async def materialize(
         cfg = config or TransferConfig()
         if cache is None:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            scratch = NodeCache(dest.parent / f".zeroserve-{uuid.uuid4().hex[:8]}", budget_bytes=1 << 62)
+            scratch_dir = dest.parent / f".zeroserve-{uuid.uuid4().hex[:8]}"
+            scratch = NodeCache(scratch_dir, budget_bytes=1 << 62, read_only=False)
             try:
                 ensured = await _ensure(parsed, scratch, cfg)
                 nbytes, files = await asyncio.to_thread(link_tree, ensured.entry / "data", dest)

@@ -294,3 +294,10 @@ async def test_a_changed_file_does_not_resume_from_stale_bytes(
     assert (tmp_path / "d" / "w.bin").read_bytes() == file_server.files["/m/w.bin"]
     again = [s for s in file_server.log[first_run:] if s.path == "/m/w.bin"]
     assert sum(s.end - s.start for s in again) == 900 * KiB  # every byte fetched again
+
+
+async def test_without_a_node_cache_files_stay_writable(file_server: FileServer, tmp_path: Path) -> None:
+    file_server.files = model_files()
+    await materialize(f"{file_server.url}/m/", tmp_path / "d", None, FAST)
+    assert_same(file_server.files, "/m/", tmp_path / "d")
+    assert (tmp_path / "d" / "big.bin").stat().st_mode & 0o200
