@@ -253,6 +253,14 @@ def main() -> int:
             "calibrated_overhead_s": round(fixed_s, 4),
         },
     }
+    # Where the two differ: each live replica (first seen, ready, stopped) and the simulated replica
+    # count's change points, in seconds from the first request.
+    out["live"]["replicas"] = sorted(
+        [round(r.first_s, 1), round(r.ready_s or -1.0, 1), round(r.end_s or live_end, 1)]
+        for r in run.replicas.values())
+    out["sim"]["replica_changes"] = [[round(t, 1), int(n)] for t, n in
+                                     zip(outcome.result.timeline_s.tolist(),
+                                         outcome.result.timeline_replicas.tolist(), strict=True)][1:]
     out["rel_diff_cold_starts"] = round(rel(len(run.replicas), sim.cold_starts), 4)
     out["rel_diff_replica_seconds"] = round(rel(live_replica_s, sim.replica_seconds), 4)
     out["within_10pct"] = out["rel_diff_cold_starts"] <= 0.10 and out["rel_diff_replica_seconds"] <= 0.10

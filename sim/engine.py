@@ -16,33 +16,19 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from collections import deque
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from sim.models import ColdStartModel, ServiceTimeModel
+from sim.state import QUEUED, REJECTED, SERVED, TIMED_OUT, ModelRun, ModelSetup, Replica, RunResult
 from sim.workloads import Workload
-from zeroserve.spec import ModelService
 
 log = logging.getLogger(__name__)
 
 # Event kinds, also their order among events at the same instant: the load snapshot of second s sees
 # everything before s; the tick at s sees that snapshot and the replicas that became ready at s.
 _SECOND, _READY, _DONE, _TIMEOUT, _WAKE, _TICK = range(6)
-# Request states.
-PENDING, QUEUED, SERVED, TIMED_OUT, REJECTED = range(5)
-
-
-@dataclass(frozen=True)
-class ModelSetup:
-    """Everything the engine needs about one model: its spec and what its replicas cost."""
-
-    service: ModelService
-    cold_start: ColdStartModel
-    service_time: ServiceTimeModel
 
 
 class Controller(Protocol):
@@ -61,86 +47,23 @@ class Controller(Protocol):
         ...
 
 
-class Replica:
-    __slots__ = ("created_s", "draining", "inflight", "model", "ready", "ready_s")
-
-    def __init__(self, model: int, created_s: float, ready_s: float) -> None:
-        self.model = model
-        self.created_s = created_s
-        self.ready_s = ready_s
-        self.ready = False
-        self.draining = False
-        self.inflight = 0
-
-
-class ModelRun:
-    """Mutable per-model state during a run."""
-
-    __slots__ = ("active", "cc", "cold_starts", "draining", "from_zero", "gpus", "index", "inflight",
-                 "integral", "last_s", "max_queued", "queue", "queued", "ready", "replica_s", "requests",
-                 "setup", "starting", "timeout_s")
-
-    def __init__(self, index: int, setup: ModelSetup) -> None:
-        self.index = index
-        self.setup = setup
-        self.cc = setup.service.scaling.container_concurrency
-        self.max_queued = setup.service.queue.max_queued
-        self.timeout_s = setup.service.queue.timeout_s
-        self.gpus = max(1, setup.service.runtime.gpus)
-        self.starting: list[Replica] = []
-        self.ready: list[Replica] = []
-        self.draining: list[Replica] = []
-        self.queue: deque[int] = deque()  # may hold timed-out entries, skipped when reached
-        self.queued = 0
-        self.active = False
-        # Activator-side load accounting (what activator/stats.py reports).
-        self.inflight = 0
-        self.integral = 0.0
-        self.requests = 0
-        self.last_s = 0.0
-        self.cold_starts = 0
-        self.from_zero = 0
-        self.replica_s = 0.0
-
-    @property
-    def replicas(self) -> int:
-        """Replicas the backend has been asked for (starting + ready), as `ready_replicas` + pending."""
-        return len(self.starting) + len(self.ready)
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """Raw outcome of a run; sim/report.py turns it into the summary."""
-
-    models: tuple[str, ...]
-    arrival_s: npt.NDArray[np.float64]
-    start_s: npt.NDArray[np.float64]  # dispatch to a replica; nan if never served
-    service_s: npt.NDArray[np.float64]
-    state: npt.NDArray[np.int8]
-    cold: npt.NDArray[np.bool_]  # waited for a replica that was not ready when it arrived
-    replica_s: npt.NDArray[np.float64]  # per model
-    gpu_s: npt.NDArray[np.float64]
-    cold_starts: npt.NDArray[np.int64]  # replica starts per model
-    from_zero: npt.NDArray[np.int64]  # starts while the model had no replica at all
-    timeline_s: npt.NDArray[np.float64]  # when the total replica count changed
-    timeline_replicas: npt.NDArray[np.int64]
-    end_s: float
-    events: int
-    ticks: int  # model decisions at periodic ticks (not pokes)
-    pokes: int
-
-
 class Engine:
     def __init__(self, workload: Workload, setups: list[ModelSetup], controller: Controller, *,
-                 seed: int = 0, tick_s: float | None = None) -> None:
+                 seed: int = 0, tick_s: float | None = None, tick_lateness_s: float = 0.005) -> None:
         if len(setups) != len(workload.models):
             raise ValueError(f"{len(workload.models)} models in the workload, {len(setups)} setups")
         self.workload = workload
         self.controller = controller
         self.rng = np.random.default_rng(seed)
+        self.tick_rng = np.random.default_rng([seed, 1])  # its own stream: cold starts stay comparable
         self.models = [ModelRun(i, s) for i, s in enumerate(setups)]
         # One loop ticks every model, as autoscaler/loop.py does; its period comes from the first spec.
         self.tick_s = tick_s if tick_s is not None else setups[0].service.scaling.tick_s
+        # The live loop sleeps to a 2 s grid but reads its clock when it wakes, a little late. That
+        # matters: with a grace period a multiple of the tick, "since < grace" is a coin toss live,
+        # and an exact simulated clock would always win it (one tick early, every scale to zero).
+        self.tick_lateness_s = tick_lateness_s
+        self._tick_grid = 0.0
         n = workload.requests
         self.service_s = np.zeros(n, dtype=np.float64)
         for i, s in enumerate(setups):
@@ -200,7 +123,12 @@ class Engine:
             self._push(now_s + 1.0, _SECOND, None)
         if not self._tick_scheduled:
             self._tick_scheduled = True
-            self._push(math.floor(self.now / self.tick_s + 1.0) * self.tick_s, _TICK, None)
+            self._tick_grid = math.floor(self.now / self.tick_s + 1.0) * self.tick_s
+            self._push_tick()
+
+    def _push_tick(self) -> None:
+        late = self.tick_lateness_s * float(self.tick_rng.random()) if self.tick_lateness_s > 0 else 0.0
+        self._push(self._tick_grid + late, _TICK, None)
 
     def _snapshot(self, upto_s: int) -> None:
         """Ring rows for seconds (self.second, upto_s] with the cumulative totals at upto_s."""
@@ -309,7 +237,8 @@ class Engine:
                 if wake < math.inf:
                     self._push(max(wake, t), _WAKE, i)
         if self._n_active:
-            self._push(t + self.tick_s, _TICK, None)
+            self._tick_grid += self.tick_s
+            self._push_tick()
         else:
             self._tick_scheduled = False
 

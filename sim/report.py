@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.engine import QUEUED, REJECTED, SERVED, TIMED_OUT, RunResult
+from sim.state import QUEUED, REJECTED, SERVED, TIMED_OUT, RunResult
 
 
 @dataclass(frozen=True)

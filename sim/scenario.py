@@ -10,9 +10,10 @@ import time
 from dataclasses import dataclass, replace
 
 from sim.control import PolicyController
-from sim.engine import Controller, Engine, ModelSetup, RunResult
+from sim.engine import Controller, Engine
 from sim.models import ColdStartModel, ServiceTimeModel
 from sim.report import Summary, summarize
+from sim.state import ModelSetup, RunResult
 from sim.workloads import Workload
 from zeroserve.spec import ModelService
 

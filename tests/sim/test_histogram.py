@@ -11,9 +11,10 @@ from autoscaler import histogram, policy
 from autoscaler.histogram import HistogramConfig, HistogramState
 from autoscaler.policy import Observation, PolicyState
 from sim.control import PolicyController
-from sim.engine import Engine, ModelSetup
+from sim.engine import Engine
 from sim.models import ColdStartModel, ServiceTimeModel
 from sim.report import summarize
+from sim.state import ModelSetup
 from sim.workloads import Workload
 from zeroserve.spec import ModelService, ScalingSpec
 
