@@ -138,3 +138,13 @@ def test_sigv4_matches_botocore() -> None:
     canonical = auth.canonical_request(request)
     signature = auth.signature(auth.string_to_sign(request, canonical), request)
     assert ours["Authorization"].endswith(f"Signature={signature}")
+
+
+async def test_listing_follows_continuation_tokens(
+    bucket: dict[str, bytes], s3_env: None, cache: NodeCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime.storage.sources.s3 import S3Source
+
+    monkeypatch.setattr(S3Source, "list_page_size", 2)  # 4 objects under llama/ -> several pages
+    result = await materialize("s3://models/llama", tmp_path / "d", cache, FAST)
+    assert result.files == len([k for k in bucket if k.startswith("llama/")])

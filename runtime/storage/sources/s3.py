@@ -81,6 +81,7 @@ def make_s3_source(uri: StorageUri, transfer: TransferConfig) -> Source:
 
 class S3Source:
     scheme = "s3"
+    list_page_size = 1000  # S3's maximum; tests lower it to walk continuation tokens
 
     def __init__(self, uri: StorageUri, config: S3Config, transfer: TransferConfig | None = None) -> None:
         self.uri = uri
@@ -143,7 +144,7 @@ class S3Source:
         out: list[tuple[str, int, str]] = []
         token: str | None = None
         while True:
-            params = {"list-type": "2", "prefix": prefix}
+            params = {"list-type": "2", "prefix": prefix, "max-keys": str(self.list_page_size)}
             if token:
                 params["continuation-token"] = token
             url, headers = self._signed("", params)
