@@ -34,6 +34,7 @@ class Hub:
     token: str | None = None  # when set, the repo is private
     lie_sha256: bool = False
     lie_blob_id: bool = False
+    omit_sizes: bool = False  # an older API answer: sizes come from HEAD on resolve (X-Linked-*)
     seen_auth: list[str] = field(default_factory=list)
     cdn_ranges: list[str] = field(default_factory=list)
 
@@ -48,10 +49,13 @@ class Hub:
             return web.json_response({"error": "Invalid credentials"}, status=401)
         if request.match_info["rev"] not in ("main", COMMIT):
             return web.json_response({"error": "Revision not found"}, status=404)
-        siblings = []
+        siblings: list[dict[str, object]] = []
         for name, data in self.files.items():
             blob = git_blob_id(b"other" if self.lie_blob_id else data)
             s: dict[str, object] = {"rfilename": name, "size": len(data), "blobId": blob}
+            if self.omit_sizes:
+                siblings.append({"rfilename": name})
+                continue
             if name in self.lfs:
                 sha = hashlib.sha256(data).hexdigest()
                 s["lfs"] = {"sha256": "0" * 64 if self.lie_sha256 else sha, "size": len(data)}
@@ -66,7 +70,9 @@ class Hub:
         if name not in self.files:
             return web.Response(status=404)
         if name in self.lfs:
-            raise web.HTTPFound(f"/cdn/{name}")
+            sha = hashlib.sha256(self.files[name]).hexdigest()
+            linked = {"X-Linked-Size": str(len(self.files[name])), "X-Linked-Etag": f'"{sha}"'}
+            raise web.HTTPFound(f"/cdn/{name}", headers=linked)
         return web.Response(body=self.files[name])
 
     async def cdn(self, request: web.Request) -> web.Response:
@@ -120,6 +126,24 @@ async def test_repo_at_revision(
     assert len(hub.cdn_ranges) > 1  # the LFS file came in ranged parts through the redirect
     (entry,) = cache.entries()
     assert entry.version == COMMIT  # content-addressed by the resolved commit, not the branch name
+
+
+async def test_sizes_and_sha256_from_head_when_the_listing_lacks_them(
+    hub: Hub, cache: NodeCache, tmp_path: Path
+) -> None:
+    hub.omit_sizes = True
+    await materialize("hf://acme/tiny", tmp_path / "d", cache, FAST)
+    assert tree(tmp_path / "d") == hub.files
+    from runtime.storage.sources.hf import HfSource
+    from runtime.storage.uri import parse_uri
+
+    source = HfSource(parse_uri("hf://acme/tiny"))
+    try:
+        listing = await source.listing()
+    finally:
+        await source.close()
+    big = next(f for f in listing.files if f.path == "model.safetensors")
+    assert big.sha256 == hashlib.sha256(hub.files["model.safetensors"]).hexdigest()
 
 
 async def test_wrong_lfs_sha256_is_rejected(hub: Hub, cache: NodeCache, tmp_path: Path) -> None:
