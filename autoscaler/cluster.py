@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from autoscaler import metrics
 from autoscaler.aggregation import StatSample
 from autoscaler.backends.k8s_lease import KubernetesLeaseStore
 from autoscaler.backends.k8s_render import RenderConfig
@@ -93,8 +94,7 @@ class ClusterAutoscaler:
     # --- leadership -----------------------------------------------------------------------------
 
     def _on_started(self) -> None:
-        self.autoscaler = Autoscaler(self.backend, tick_s=self.config.tick_s,
-                                     registry=CollectorRegistry())
+        self.autoscaler = Autoscaler(self.backend, tick_s=self.config.tick_s, registry=self.registry)
         for state in list(self.backend.models.values()):
             self.autoscaler.upsert(state.svc)
         self._loop_task = asyncio.create_task(self.autoscaler.run(), name="autoscaler-loop")
@@ -104,6 +104,9 @@ class ClusterAutoscaler:
         if self._loop_task is not None:
             self._loop_task.cancel()
         self._loop_task = None
+        if self.autoscaler is not None:
+            # A follower exports no decisions: they would be stale, and the leader's are the truth.
+            metrics.attach(self.autoscaler, self.registry).detach(self.autoscaler)
         self.autoscaler = None
 
     def _upsert(self, svc: ModelService) -> None:

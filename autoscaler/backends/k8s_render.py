@@ -37,6 +37,10 @@ class PodSummary:
     total: int
     ready: int
     unschedulable: tuple[tuple[str, str], ...]   # (pod name, scheduler message)
+    failing: tuple[tuple[str, str, str], ...] = ()  # (pod, reason, message): CrashLoopBackOff, ...
+
+# Waiting reasons that are a normal step of starting, not a problem worth a status line.
+_STARTING = frozenset({"ContainerCreating", "PodInitializing"})
 
 
 def model_service_from_object(obj: Mapping[str, Any]) -> ModelService:
@@ -185,15 +189,23 @@ def ready_endpoints(pods: Iterable[Mapping[str, Any]], default_port: int) -> tup
 def summarize_pods(pods: Iterable[Mapping[str, Any]]) -> PodSummary:
     total = ready = 0
     unschedulable: list[tuple[str, str]] = []
+    failing: list[tuple[str, str, str]] = []
     for pod in pods:
         total += 1
-        for cond in (pod.get("status") or {}).get("conditions") or []:
+        status = pod.get("status") or {}
+        for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") and waiting["reason"] not in _STARTING:
+                failing.append((pod["metadata"]["name"], str(waiting["reason"]),
+                                f"{cs.get('name')}: {waiting.get('message', '')}".strip()))
+        for cond in status.get("conditions") or []:
             if cond.get("type") == "Ready" and cond.get("status") == "True":
                 ready += 1
             if (cond.get("type") == "PodScheduled" and cond.get("status") == "False"
                     and cond.get("reason") == "Unschedulable"):
                 unschedulable.append((pod["metadata"]["name"], str(cond.get("message", ""))))
-    return PodSummary(total=total, ready=ready, unschedulable=tuple(sorted(unschedulable)))
+    return PodSummary(total=total, ready=ready, unschedulable=tuple(sorted(unschedulable)),
+                      failing=tuple(sorted(failing)))
 
 
 def _condition(kind: str, ok: bool, reason: str, message: str, previous: Mapping[str, Obj],
@@ -221,6 +233,9 @@ def render_status(*, generation: int, deployment: str, desired: int, pods: PodSu
         ready = (True, "ScaledToZero", "scaled to zero; the activator starts a replica on demand")
     elif pods.unschedulable:
         ready = (False, "Unschedulable", pods.unschedulable[0][1])
+    elif pods.failing:
+        pod, reason, message = pods.failing[0]
+        ready = (False, reason, f"pod {pod}: {message}")
     else:
         ready = (False, "Starting", f"waiting for {desired} replica(s) to become ready")
     zero = desired == 0 and pods.total == 0

@@ -62,5 +62,13 @@ async def test_pending_gpu_pod_waits_and_is_not_recreated(k8s: Harness, tmp_path
                                     json={"inputs": []}) as r:
                 assert r.status == 200
             await eventually(lambda: not unschedulable(k8s), what="the condition to clear")
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
+                assert 'zeroserve_desired_replicas{model="llm"} 1.0' in await r.text()
+            status = node.backend.status()
+            assert status["llm"]["desired"] == 1 and status["llm"]["ready"] == 1
+            async with session.get(f"http://127.0.0.1:{port}/status") as r:
+                body = await r.json()
+            assert body["leader"] and body["models"]["llm"]["desired"] == 1
+            assert body["autoscaler"]["models"]["llm"]["desired"] == 1
     finally:
         await node.stop()
