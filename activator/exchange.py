@@ -395,7 +395,10 @@ class Exchange:
         self.finish(CODES[err.status])
 
     def _respond(self, status: int, body: bytes) -> None:
-        self.client.write(render(status, body, JSON, close=not self.keep_alive))
+        data = render(status, body, JSON, close=not self.keep_alive)
+        if self.method == b"HEAD":   # the same head, Content-Length included, and no body
+            data = data[:len(data) - len(body)]
+        self.client.write(data)
         self._end(False)
 
     def _too_large(self) -> None:

@@ -445,3 +445,12 @@ def test_tally_flushes_the_same_series_as_direct_observation() -> None:
 
     assert samples(tallied) == pytest.approx(samples(direct))
     assert samples(direct)[("zeroserve_request_duration_seconds_count", (("model", "m"),))] == 8
+
+
+async def test_local_endpoints_answer_head_without_a_body(stack: Stack) -> None:
+    raw = await stack.raw(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                          b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, rest = raw.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 16" in head
+    assert rest.startswith(b"HTTP/1.1 200")          # no body bytes between the two responses
+    assert rest.endswith(b'{"status": "ok"}')
