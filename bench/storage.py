@@ -12,6 +12,7 @@ import asyncio
 import filecmp
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -113,7 +114,13 @@ http {{
     return proc
 
 
-def run_curl(files: list[Path], model: Path, url: str, out: Path) -> float:
+def children_cpu_s() -> float:
+    """CPU seconds (user + sys) of finished child processes: steadier than wall time on a busy box."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_curl(files: list[Path], model: Path, url: str, out: Path) -> tuple[float, float]:
     """One curl process fetching the files one after another (its best sequential case)."""
     cfg = out.parent / "curl.cfg"
     lines = []
@@ -121,13 +128,15 @@ def run_curl(files: list[Path], model: Path, url: str, out: Path) -> float:
         rel = p.relative_to(model).as_posix()
         lines.append(f'url = "{url}{rel}"\noutput = "{out / rel}"')
     cfg.write_text("\n".join(lines) + "\n")
-    started = time.monotonic()
+    started, cpu = time.monotonic(), children_cpu_s()
     subprocess.run(["curl", "-sS", "--fail", "--create-dirs", "-K", str(cfg)], check=True)
-    return time.monotonic() - started
+    return time.monotonic() - started, children_cpu_s() - cpu
 
 
-def run_zeroserve(uri: str, dest: Path, cache_dir: Path, env: dict[str, str] | None = None) -> float:
-    started = time.monotonic()
+def run_zeroserve(
+    uri: str, dest: Path, cache_dir: Path, env: dict[str, str] | None = None
+) -> tuple[float, float]:
+    started, cpu = time.monotonic(), children_cpu_s()
     cmd = [
         sys.executable,
         "-m",
@@ -139,7 +148,7 @@ def run_zeroserve(uri: str, dest: Path, cache_dir: Path, env: dict[str, str] | N
         str(cache_dir),
     ]
     subprocess.run(cmd, check=True, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
-    return time.monotonic() - started
+    return time.monotonic() - started, children_cpu_s() - cpu
 
 
 def same_tree(a: Path, b: Path, files: list[Path]) -> bool:
@@ -197,7 +206,7 @@ def s3_pass(base: Path, model: Path, files: list[Path]) -> dict[str, object]:
         for p in uploaded:
             s3.upload_file(str(p), "models", f"model/{p.relative_to(subset_root).as_posix()}")
         nbytes = sum(p.stat().st_size for p in uploaded)
-        seconds = run_zeroserve("s3://models/model", base / "s3-dest", base / "s3-cache", env)
+        seconds, _ = run_zeroserve("s3://models/model", base / "s3-dest", base / "s3-cache", env)
         ok = same_tree(subset_root, base / "s3-dest", uploaded)
         return {
             "s3_ok": ok,
@@ -232,21 +241,27 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}/model/"
         curl_s: list[float] = []
         zs_s: list[float] = []
+        curl_cpu: list[float] = []
+        zs_cpu: list[float] = []
         for r in range(args.rounds):
             out = base / f"curl-{r}"
             os.sync()  # start each timed copy with no dirty pages from the previous one
-            curl_s.append(run_curl(files, model, url, out))
+            wall_s, cpu_s = run_curl(files, model, url, out)
+            curl_s.append(wall_s)
+            curl_cpu.append(cpu_s)
             say(f"round {r}: curl {nbytes / curl_s[-1] / 1e6:.0f} MB/s")
             shutil.rmtree(out)
             cache = base / f"cache-{r}"
             dest = base / f"zs-{r}"
             os.sync()
-            zs_s.append(run_zeroserve(url, dest, cache))
+            wall_s, cpu_s = run_zeroserve(url, dest, cache)
+            zs_s.append(wall_s)
+            zs_cpu.append(cpu_s)
             say(f"round {r}: zeroserve {nbytes / zs_s[-1] / 1e6:.0f} MB/s")
             if r == 0:
                 say("checking every byte of the zeroserve copy")
                 correct = same_tree(model, dest, files)
-                hit_proc_s = run_zeroserve(url, base / "zs-hit", cache)
+                hit_proc_s, _ = run_zeroserve(url, base / "zs-hit", cache)
                 shutil.rmtree(base / "zs-hit")
                 hits_ms = asyncio.run(cache_hits(url, base, NodeCache(cache), nbytes))
                 say(f"cache hits: {hits_ms} ms in process, {hit_proc_s * 1000:.0f} ms as a CLI")
@@ -265,6 +280,10 @@ def main() -> int:
             "ratio_vs_curl": round(zs_mbps / curl_mbps, 3),
             "curl_s": [round(s, 3) for s in curl_s],
             "zeroserve_s": [round(s, 3) for s in zs_s],
+            # CPU seconds of the download process itself (curl / storage-init incl. Python start-up),
+            # median over the rounds; nginx's side is not counted for either.
+            "curl_cpu_s": round(statistics.median(curl_cpu), 2),
+            "zeroserve_cpu_s": round(statistics.median(zs_cpu), 2),
             "zeroserve_correct": correct,
             "cache_hit_ms": statistics.median(hits_ms),
             "cache_hit_ms_all": hits_ms,
