@@ -47,6 +47,37 @@ def standin_launcher(startup_delay_s: float = 0.0) -> Launcher:
     return launch
 
 
+def container_launcher(scratch: Path) -> Launcher:
+    """Run the pod's own runtime container as rendered: `zeroserve ...` becomes this interpreter's
+    `-m zeroserve`, each volume mount a folder under `scratch`, and `--port` the pod's port."""
+
+    def launch(pod: Obj, port: int) -> tuple[list[str], dict[str, str]]:
+        container = pod["spec"]["containers"][0]
+        argv = [*(container.get("command") or []), *(container.get("args") or [])]
+        if not argv or argv[0] != "zeroserve":
+            raise ValueError(f"cannot run {container.get('image')} {argv} outside a container")
+        pod_dir = scratch / pod["metadata"]["name"]
+        mounts = {m["mountPath"]: pod_dir / m["name"] for m in container.get("volumeMounts") or []}
+        for folder in mounts.values():
+            folder.mkdir(parents=True, exist_ok=True)
+
+        def local(value: str) -> str:
+            for mount, folder in mounts.items():
+                if value == mount or value.startswith(mount + "/"):
+                    return str(folder) + value[len(mount):]
+            return value
+
+        argv = [sys.executable, "-m", "zeroserve", *(local(a) for a in argv[1:])]
+        if "--port" in argv:
+            argv[argv.index("--port") + 1] = str(port)
+        env = dict(os.environ)
+        env.update({e["name"]: local(str(e.get("value", ""))) for e in container.get("env") or []})
+        env["PORT"] = str(port)
+        return argv, env
+
+    return launch
+
+
 def _ready(pod: Obj) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in (pod.get("status") or {}).get("conditions") or [])

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from fake_cluster import free_port
+from fake_cluster import container_launcher, free_port
 from k8s_harness import NS, ROOT, Harness, eventually, load_roles
 from test_k8s_discovery import activator
 
@@ -65,9 +65,11 @@ def replicas(k8s: Harness) -> int:
 async def infer(session: aiohttp.ClientSession, port: int) -> tuple[int, dict[str, Any], float]:
     start = time.monotonic()
     async with session.post(f"http://127.0.0.1:{port}/v2/models/iris/infer",
-                            json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                            json={"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32",
                                               "data": [6.8, 2.8, 4.8, 1.4]}]}) as r:
-        await r.read()
+        body = await r.json()
+        if r.status == 200:  # iris answers: class 1 (versicolor) for these measurements
+            assert body["outputs"][0]["data"] == [1], body
         return r.status, dict(r.headers), time.monotonic() - start
 
 
@@ -87,6 +89,9 @@ async def scale_to_zero_and_back(k8s: Harness, session: aiohttp.ClientSession, p
 
 
 async def test_scale_to_zero_from_zero_and_leader_failover(k8s: Harness, tmp_path: Path) -> None:
+    # The kubelet runs each pod's runtime container as the controller rendered it: the real
+    # `zeroserve serve --model iris` server, not a stand-in.
+    k8s.cluster.launcher = container_launcher(tmp_path / "pods")
     token = tmp_path / "token"
     token.write_text("stats-token\n")
     k8s.store.create("v1/configmaps", NS, {"metadata": {"name": "zeroserve-prefetch"},
