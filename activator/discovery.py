@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -57,7 +58,13 @@ class ApiServer:
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     def ssl_context(self) -> ssl.SSLContext | bool:
-        return ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
+        return _ssl_context(str(self.ca_file)) if self.ca_file else True
+
+
+@functools.lru_cache(maxsize=4)
+def _ssl_context(ca_file: str) -> ssl.SSLContext:
+    # Built once: loading the CA bundle for every list and watch would cost a file read and a parse.
+    return ssl.create_default_context(cafile=ca_file)
 
 
 class _Watch:
