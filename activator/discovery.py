@@ -46,11 +46,11 @@ class ApiServer:
     token: str = ""
 
     @classmethod
-    def in_cluster(cls) -> ApiServer:
+    def in_cluster(cls, sa_dir: Path = SA_DIR) -> ApiServer:
         host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
         if ":" in host:
             host = f"[{host}]"
-        return cls(f"https://{host}:{port}", SA_DIR / "token", SA_DIR / "ca.crt")
+        return cls(f"https://{host}:{port}", sa_dir / "token", sa_dir / "ca.crt")
 
     def headers(self) -> dict[str, str]:
         # Re-read each time: the kubelet rotates projected service-account tokens.

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -49,13 +50,20 @@ GROUP_PATH = "/apis/serving.zeroserve.io/v1alpha1"
 TEMPLATE_HASH = "serving.zeroserve.io/template-hash"
 
 
-def configuration(host: str | None = None, token: str | None = None) -> Configuration:
-    """In-cluster configuration (service account) unless a host is given (tests, the emulator)."""
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def configuration(host: str | None = None, token: str | None = None, *,
+                  sa_dir: Path = SA_DIR) -> Configuration:
+    """In-cluster configuration (service account token and CA, KUBERNETES_SERVICE_HOST/PORT)
+    unless a host is given (tests against the emulator)."""
     if host is None:
         from kubernetes_asyncio import config
 
         cfg = Configuration()
-        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=cfg, token_filename=str(sa_dir / "token"),
+            cert_filename=str(sa_dir / "ca.crt"))
         return cfg
     cfg = Configuration(host=host)
     if token:
