@@ -19,7 +19,7 @@ from pathlib import Path
 from runtime.storage.cache import NodeCache, parse_bytes
 from runtime.storage.config import MiB, TransferConfig
 from runtime.storage.errors import StorageError
-from runtime.storage.fetch import materialize
+from runtime.storage.fetch import materialize, prefetch
 from runtime.storage.progress import human_bytes
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,9 @@ def cache_main(argv: list[str]) -> int:
     rm.add_argument("targets", nargs="+")
     prune = sub.add_parser("prune", help="evict LRU entries down to a budget")
     prune.add_argument("--budget", help="bytes, e.g. 50G (default $ZEROSERVE_CACHE_BYTES)")
+    warm = sub.add_parser("prefetch", help="download URIs into the cache (no destination)")
+    warm.add_argument("uris", nargs="*")
+    warm.add_argument("--list-file", type=Path, help="more URIs, one per line (a mounted ConfigMap)")
     args = _parse(parser, argv)
     if isinstance(args, int):
         return args
@@ -138,6 +141,8 @@ def cache_main(argv: list[str]) -> int:
             f"budget {human_bytes(cache.budget_bytes)}"
         )
         return 0
+    if args.cmd == "prefetch":
+        return _prefetch_all(cache, args.uris, args.list_file)
     if args.cmd == "rm":
         status = 0
         entries = cache.entries()
@@ -163,6 +168,35 @@ def cache_main(argv: list[str]) -> int:
         print(f"evicted {e.key} {human_bytes(e.size_bytes)} {e.uri}")
     print(f"evicted {len(removed)} entries, {human_bytes(sum(e.size_bytes for e in removed))}")
     return 0
+
+
+def _prefetch_all(cache: NodeCache, uris: list[str], list_file: Path | None) -> int:
+    """Warm the cache with every URI; a failure is one line and does not stop the others."""
+    todo = list(uris)
+    if list_file is not None:
+        try:
+            todo += [
+                u.strip() for u in list_file.read_text().splitlines() if u.strip() and not u.startswith("#")
+            ]
+        except OSError as err:
+            print(f"cache: error: {list_file}: {err.strerror}", file=sys.stderr)
+            return 1
+    status = 0
+
+    async def warm_all() -> None:
+        nonlocal status
+        for uri in todo:
+            started = time.monotonic()
+            try:
+                entry = await prefetch(uri, cache)
+            except StorageError as err:
+                print(f"cache: error: {err}", file=sys.stderr)
+                status = max(status, err.exit_code)
+                continue
+            log.info("prefetched %s into %s in %.2fs", uri, entry, time.monotonic() - started)
+
+    asyncio.run(warm_all())
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:

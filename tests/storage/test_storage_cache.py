@@ -191,3 +191,17 @@ async def test_concurrent_prefetch_in_one_process_downloads_once(
             ranges = [(s.start, s.end) for s in file_server.gets(path)]
             assert len(ranges) == len(set(ranges)), path  # no range fetched twice
     assert len(file_server.gets("/m/config.json")) == 1
+
+
+async def test_cache_prefetch_command_warms_from_a_list_file(file_server: FileServer, tmp_path: Path) -> None:
+    from storage_servers import acli
+
+    file_server.files = {**model_files("/a/"), **model_files("/b/")}
+    uris = tmp_path / "uris"
+    uris.write_text(f"# models to keep warm\n{file_server.url}/a/\n\n{file_server.url}/missing/\n")
+    root = ["--cache-dir", str(tmp_path / "c")]
+    code, out = await acli("cache", *root, "prefetch", f"{file_server.url}/b/", "--list-file", str(uris))
+    assert code == 1  # one URI failed ...
+    assert f"{file_server.url}/missing/: not found" in out and "Traceback" not in out
+    warmed = {e.uri for e in NodeCache(tmp_path / "c").entries()}
+    assert warmed == {f"{file_server.url}/a/", f"{file_server.url}/b/"}  # ... the others were warmed
