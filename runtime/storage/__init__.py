@@ -27,8 +27,8 @@ API for the local backend and the model server (all names re-exported here):
     err.exit_code is 2 for a bad URI and 1 otherwise.
 
 URIs: file:// pvc:// http(s):// s3:// gs:// az:// (or https://<account>.blob.core.windows.net/...)
-hf://org/model[@revision]. CLI: `zeroserve storage-init SRC_URI DEST_DIR`, `zeroserve cache ls|rm|prune|prefetch`
-(runtime.storage.cli). Design and measurements: docs/storage.md.
+hf://org/model[@revision]. CLI (runtime.storage.cli): `zeroserve storage-init SRC_URI DEST_DIR`,
+`zeroserve cache ls|rm|prune|prefetch`. Design and measurements: docs/storage.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`zeroserve storage-init SRC_URI DEST_DIR` and `zeroserve cache ls|rm|prune`.
+"""`zeroserve storage-init SRC_URI DEST_DIR` and `zeroserve cache ls|rm|prune|prefetch`.
 
 Errors are one line on stderr naming the URI and the cause; exit 2 for a bad URI, 1 for any other
 failure, never a traceback (ZEROSERVE_DEBUG=1 adds one to the log for developers).
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     commands = {"storage-init": storage_init_main, "cache": cache_main}
     if not args or args[0] not in commands:
-        usage = "usage: python -m runtime.storage.cli {storage-init SRC_URI DEST_DIR | cache ls|rm|prune}"
+        usage = "usage: python -m runtime.storage.cli {storage-init SRC_URI DEST_DIR | cache COMMAND}"
         print(usage, file=sys.stderr)
         return 2
     return commands[args[0]](args[1:])
