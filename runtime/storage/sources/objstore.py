@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +24,8 @@ from runtime.storage.errors import (
 )
 from runtime.storage.sources.base import READ_CHUNK_BYTES, Listing, RemoteFile, safe_relative_path
 from runtime.storage.uri import StorageUri
+
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 
 
 def _import_obstore() -> Any:
@@ -109,9 +112,13 @@ class ObjectStoreSource:
         return Listing(version=hashlib.sha256(fingerprint.encode()).hexdigest()[:32], files=tuple(files))
 
     def _file(self, rel: str, meta: Any) -> RemoteFile:
-        etag = str(meta.get("e_tag") or "").strip('"')
+        etag = str(meta.get("e_tag") or "").strip('"').lower()
         version = str(meta.get("version") or "")
-        return RemoteFile(path=rel, size_bytes=int(meta["size"]), ref=str(meta["path"]), etag=etag or version)
+        # Only S3's single-part ETag is the MD5 of the bytes (GCS and Azure ETags are opaque).
+        md5 = etag if self.scheme == "s3" and _MD5_ETAG.match(etag) else None
+        return RemoteFile(
+            path=rel, size_bytes=int(meta["size"]), ref=str(meta["path"]), etag=etag or version, md5=md5
+        )
 
     async def read(self, f: RemoteFile, start: int, end: int) -> AsyncIterator[bytes | memoryview]:
         try:
