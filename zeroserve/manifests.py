@@ -111,6 +111,10 @@ def main(argv: list[str]) -> int:
         print(f"zeroserve manifests: --image = {args.image!r}, must be an image reference",
               file=sys.stderr)
         return 2
+    if not (MANIFESTS / "crd.yaml").is_file():
+        print(f"zeroserve manifests: the manifest sources are not at {MANIFESTS} (run from a source "
+              "checkout)", file=sys.stderr)
+        return 1
     token = None if args.no_secret else secrets.token_hex(32)
     text = install_text(args.image, args.namespace, token)
     if args.out is None:
