@@ -302,6 +302,12 @@ class Loader:
             assert device is not None
             self.warm(device)
             self._device = device
+            import torch
+
+            # The readers copy on their own streams, which are not ordered after the default
+            # stream: let anything still queued there on this memory (a freed model's last kernels)
+            # finish first.
+            torch.cuda.current_stream(device).synchronize()
         reading = Reading(sum(c.nbytes for c in chunks), readers, device)
         reading.threads = [
             threading.Thread(target=self._run_reader, args=(i, work, views, cuda, reading), daemon=True)
