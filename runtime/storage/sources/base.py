@@ -102,7 +102,13 @@ def new_session(config: TransferConfig) -> aiohttp.ClientSession:
     )
     n = config.concurrency
     connector = aiohttp.TCPConnector(limit=n * 2, limit_per_host=n, ttl_dns_cache=300)
-    return aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False)
+    # identity: the bytes on disk must be the object's bytes, which sizes and checksums describe.
+    return aiohttp.ClientSession(
+        timeout=timeout,
+        connector=connector,
+        auto_decompress=False,
+        headers={"Accept-Encoding": "identity", "User-Agent": "zeroserve-storage-init"},
+    )
 
 
 def _check_response(

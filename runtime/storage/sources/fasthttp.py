@@ -40,6 +40,7 @@ def _request(url: URL, headers: Mapping[str, str]) -> bytes:
         f"Host: {host}",
         "Accept-Encoding: identity",
         "Connection: close",
+        "User-Agent: zeroserve-storage-init",
     ]
     lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() != "host"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
