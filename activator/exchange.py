@@ -302,6 +302,15 @@ class Exchange:
     # --- ResponseListener -------------------------------------------------------------------
 
     def on_response_head(self, data: bytes, head_end: int, status: int, keep_alive: bool) -> None:
+        if status == 503 and not keep_alive and self.up is not None and self.attempts == 1 and \
+                self.sent is not None and self.method in RETRYABLE:
+            # A replica that got SIGTERM answers what reaches it afterwards with 503 and closes
+            # the connection: requests that were on the wire as the backend took it out of
+            # rotation. That is a refusal, not an answer: retry it like a refused connection.
+            up, self.up = self.up, None
+            up.abandon()
+            self.on_upstream_lost(False, False)
+            return
         self.state = RESPONDING
         self.status = status
         if not keep_alive:

@@ -28,7 +28,6 @@ from typing import Any
 import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 MODEL = "burst"
 SPEC = f"""kind: ModelService
 metadata: {{name: {MODEL}}}
@@ -158,76 +157,22 @@ async def drive(args: argparse.Namespace, url: str, admin: str) -> dict[str, Any
         }
 
 
-def serve_fast(spec: Path, port: int, admin_port: int) -> None:
-    """`zeroserve up`'s stack with the fast path on the data port (run as a child process)."""
-    import logging
-
-    import uvloop
-    from aiohttp import web
-
-    from activator.fastpath import FastPath
-    from zeroserve.spec import load_specs
-    from zeroserve.up import Stack, UpConfig
-
-    class FastStack(Stack):
-        async def start(self) -> None:
-            await self.backend.start()
-            for svc in self.services:
-                self.backend.register(svc)
-                self.autoscaler.upsert(svc)
-            self._loop_task = asyncio.create_task(self.autoscaler.run(), name="autoscaler")
-            assert self.activator is not None
-            self.fast = FastPath(self.activator)
-            await self.fast.start(self.config.host, self.config.port)
-            admin = web.AppRunner(self._admin_app(), access_log=None)
-            await admin.setup()
-            await web.TCPSite(admin, self.config.admin_host, self.config.admin_port).start()
-            self._runners.append(admin)
-
-        async def stop(self) -> None:
-            await super().stop()
-            await self.fast.close()
-
-    async def run() -> None:
-        stack = FastStack(load_specs(spec), UpConfig(files=(spec,), port=port,
-                                                     admin_port=admin_port, drain_s=10,
-                                                     stop_grace_s=5))
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stack.start()
-        try:
-            await stop.wait()
-        finally:
-            await stack.stop()
-
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvloop.install()
-    asyncio.run(run())
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--burst", type=int, default=1000)
     p.add_argument("--cycles", type=int, default=6)
     p.add_argument("--wave", type=int, default=50)
-    p.add_argument("--fast", action="store_true", help="the fast path in place of the aiohttp app")
-    p.add_argument("--serve-fast", nargs=3, metavar=("SPEC", "PORT", "ADMIN"), help=argparse.SUPPRESS)
+    p.add_argument("--data-path", choices=("fast", "aiohttp"), default="fast",
+                   help="the activator implementation `zeroserve up` serves with")
     args = p.parse_args()
-    if args.serve_fast:
-        serve_fast(Path(args.serve_fast[0]), int(args.serve_fast[1]), int(args.serve_fast[2]))
-        return 0
     tmp = Path(tempfile.mkdtemp(prefix="zs-bench-burst-"))
     spec = tmp / "burst.yaml"
     spec.write_text(SPEC)
     port, admin_port = free_port(), free_port()
     log = (tmp / "up.log").open("wb")
-    if args.fast:
-        cmd = [sys.executable, __file__, "--serve-fast", str(spec), str(port), str(admin_port)]
-    else:
-        cmd = [sys.executable, "-m", "zeroserve", "up", "-f", str(spec), "--port", str(port),
-               "--admin-port", str(admin_port), "--drain", "10", "--stop-grace", "5"]
+    cmd = [sys.executable, "-m", "zeroserve", "up", "-f", str(spec), "--port", str(port),
+           "--admin-port", str(admin_port), "--drain", "10", "--stop-grace", "5",
+           "--data-path", args.data_path]
     proc = subprocess.Popen(
         cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -247,7 +192,7 @@ def main() -> int:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         log.close()
-    result["data_path"] = "fast" if args.fast else "zeroserve up"
+    result["data_path"] = args.data_path
     print(json.dumps(result))
     return 0
 

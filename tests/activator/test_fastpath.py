@@ -454,3 +454,33 @@ async def test_local_endpoints_answer_head_without_a_body(stack: Stack) -> None:
     assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 16" in head
     assert rest.startswith(b"HTTP/1.1 200")          # no body bytes between the two responses
     assert rest.endswith(b'{"status": "ok"}')
+
+
+async def test_a_draining_replicas_503_is_retried_on_another(stack: Stack) -> None:
+    # As a replica that got SIGTERM answers: 503 and Connection: close.
+    async def draining(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+                     b"Content-Length: 8\r\n\r\ndraining")
+        writer.close()
+
+    async def busy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")   # a 503 on a kept connection is an answer
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
+        await writer.drain()
+
+    servers = [await asyncio.start_server(h, "127.0.0.1", 0) for h in (draining, busy)]
+    eps = [Endpoint(f"s{i}", "127.0.0.1", s.sockets[0].getsockname()[1]) for i, s in enumerate(servers)]
+    stack.publish("one", [eps[0], stack.eps[1]])
+    async with aiohttp.ClientSession() as client:
+        async with client.post(f"{stack.url}/v1/models/one:predict", data=b"{}") as r:
+            assert r.status == 200
+            assert (await r.json())["replica"] == "b"
+        assert [r.url for r in stack.activator.gates["one"].replicas] == [stack.eps[1].url]
+        stack.publish("one", [eps[1], stack.eps[1]])
+        async with client.post(f"{stack.url}/v1/models/one:predict", data=b"{}") as r:
+            assert r.status == 503
+            assert await r.read() == b"busy"
+    for server in servers:
+        server.close()
+        await server.wait_closed()
