@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -192,6 +193,7 @@ def main() -> int:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     result["data_path"] = args.data_path
     print(json.dumps(result))
     return 0
