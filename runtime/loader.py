@@ -476,9 +476,22 @@ def install(model: Any, tensors: Mapping[str, torch.Tensor], device: torch.devic
     model.eval()
 
 
+def strip_weights(model: Any) -> None:
+    """Put every parameter back on the meta device, keeping the module: a skeleton that the next
+    :func:`load_model` of the same checkpoint can reuse (``skeleton=``) instead of building one."""
+    import torch
+
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None and p.device.type != "meta":
+                module._parameters[name] = torch.nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
+
+
 def load_model(model_dir: Path, device: torch.device, *, loader: Loader,
-               parked: Mapping[str, torch.Tensor] | None = None) -> LoadedModel:
-    """Skeleton on meta, weights from disk (or from parked host tensors), installed without a copy."""
+               parked: Mapping[str, torch.Tensor] | None = None, skeleton: Any = None) -> LoadedModel:
+    """Skeleton on meta, weights from disk (or from parked host tensors), installed without a copy.
+
+    ``skeleton``: a module of this same checkpoint whose weights were stripped (:func:`strip_weights`)."""
     t0 = time.perf_counter()
     shards = [read_header(p) for p in shard_files(model_dir)]
     t1 = time.perf_counter()
@@ -489,7 +502,7 @@ def load_model(model_dir: Path, device: torch.device, *, loader: Loader,
         tensors = loader.allocate(shards, device)
         reading = loader.start(shards, tensors)
     try:
-        model = build_skeleton(model_dir, checkpoint_dtype(shards))
+        model = skeleton if skeleton is not None else build_skeleton(model_dir, checkpoint_dtype(shards))
     except BaseException:
         if reading is not None:   # let the readers finish with the tensors before they are dropped
             with contextlib.suppress(BaseException):

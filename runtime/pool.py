@@ -115,6 +115,7 @@ class WarmPool:
         self.warm_error: str | None = None
         self.last_load: dict[str, Any] | None = None
         self._parked_dirs: dict[str, _ParkedSource] = {}
+        self._skeletons: dict[str, Any] = {}     # parked model name -> its module, weights on meta
         self._identity = ""
         self._warmed = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -150,9 +151,11 @@ class WarmPool:
             if source is not None and parked is None:   # a new version of the model: the old one is stale
                 self.lot.drop(model_name)
                 self._parked_dirs.pop(model_name, None)
+                self._skeletons.pop(model_name, None)
             self._identity = identity
+            skeleton = self._skeletons.pop(model_name, None) if parked else None
             model = HFModel(ModelConfig(name=model_name, model_dir=model_dir), loader=self.loader,
-                            parked=parked.tensors if parked else None)
+                            parked=parked.tensors if parked else None, skeleton=skeleton)
             self.host.model, self.host.name, self.host.state = model, model_name, "loading"
             started_unix = time.time()
             try:
@@ -196,6 +199,13 @@ class WarmPool:
                     self._parked_dirs[name] = _ParkedSource(str(model_dir), self._identity)
             self._parked_dirs = {k: v for k, v in self._parked_dirs.items() if k in self.lot}
             parked = name in self.lot
+            if parked:
+                # Keep the module too, weights stripped: the next start skips building it.
+                from runtime.loader import strip_weights
+
+                strip_weights(model.loaded.model)
+                self._skeletons[name] = model.loaded.model
+            self._skeletons = {k: v for k, v in self._skeletons.items() if k in self.lot}
             model.unload()
             self._reset()
             return {"model_name": name, "parked": parked, "drained": drained,

@@ -85,10 +85,12 @@ class HFModel(GenerativeModel):
         *,
         loader: Loader | None = None,
         parked: Mapping[str, torch.Tensor] | None = None,
+        skeleton: Any = None,
     ) -> None:
         super().__init__(config)
         self._loader = loader
         self._parked = parked
+        self._skeleton = skeleton
         self.loaded: LoadedModel | None = None
         self.tokenizer: Any = None
         self._eos: frozenset[int] = frozenset()
@@ -104,8 +106,10 @@ class HFModel(GenerativeModel):
         if self.model_dir is None:
             raise ValueError("the hf runtime needs --model-dir")
         loader = self._loader or Loader()
-        self.loaded = load_model(self.model_dir, pick_device(), loader=loader, parked=self._parked)
-        self._parked = None  # the parking lot keeps its own reference
+        self.loaded = load_model(
+            self.model_dir, pick_device(), loader=loader, parked=self._parked, skeleton=self._skeleton
+        )
+        self._parked = self._skeleton = None  # the parking lot keeps its own references
         config = self.loaded.model.config
         self.tokenizer = load_tokenizer(self.model_dir, config)
         self._eos = _eos_ids(config, self.tokenizer)

@@ -142,6 +142,24 @@ def test_parked_cpu_weights_are_used_in_place(tiny_llama: Path) -> None:
         assert torch.equal(first.model(ids).logits, again.model(ids).logits)
 
 
+def test_a_stripped_skeleton_is_reused(tiny_llama: Path) -> None:
+    from runtime.loader import strip_weights
+
+    first = load_model(tiny_llama, CPU, loader=Loader())
+    ids = torch.tensor([[4, 8, 15, 16]])
+    with torch.inference_mode():
+        expected = first.model(ids).logits
+    parked = dict(first.tensors)
+    module = first.model
+    strip_weights(module)
+    assert all(p.device.type == "meta" for p in module.parameters())
+    again = load_model(tiny_llama, CPU, loader=Loader(), parked=parked, skeleton=module)
+    assert again.model is module
+    assert again.model.lm_head.weight is again.model.model.embed_tokens.weight   # re-tied
+    with torch.inference_mode():
+        assert torch.equal(again.model(ids).logits, expected)
+
+
 def _write_raw(path: Path, header: object, payload: bytes) -> Path:
     raw = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + payload)
