@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BUDGET_BYTES = 100 * (1 << 30)
 LOCK_POLL_S = 0.02
 STALE_STAGING_S = 24 * 3600.0
+STALE_DOT_DIR_S = 3600.0  # publishing or deleting never takes this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,8 @@ class NodeCache:
         if not base.is_dir():
             return out
         for path in base.iterdir():
+            if path.name.startswith("."):  # .build-* being published, .trash-* being deleted
+                continue
             try:
                 meta = json.loads((path / "meta.json").read_text())
                 used = (path / "last_used").stat().st_mtime
@@ -167,10 +170,7 @@ class NodeCache:
                 return False
             trash = self.root / "entries" / f".trash-{key}-{os.getpid()}"
             os.rename(path, trash)  # one rename: the entry vanishes atomically, deletion can be slow
-            for dirpath, dirs, _names in os.walk(trash):
-                for d in dirs:
-                    os.chmod(os.path.join(dirpath, d), 0o755)
-            shutil.rmtree(trash, ignore_errors=True)
+            _force_rmtree(trash)
             shutil.rmtree(self.staging_dir(key), ignore_errors=True)
             return True
         finally:
@@ -195,7 +195,14 @@ class NodeCache:
         return removed
 
     def _drop_stale_staging(self, max_age_s: float = STALE_STAGING_S) -> None:
-        """Partial downloads nobody resumed for a day (a version that changed meanwhile) go."""
+        """Partial downloads nobody resumed for a day (a version that changed meanwhile) go, and so
+        do half-published or half-deleted entries left by a process that died."""
+        entries = self.root / "entries"
+        if entries.is_dir():
+            for path in entries.iterdir():
+                with contextlib.suppress(OSError):
+                    if path.name.startswith(".") and time.time() - path.stat().st_mtime > STALE_DOT_DIR_S:
+                        _force_rmtree(path)
         base = self.root / "staging"
         if not base.is_dir():
             return
@@ -210,3 +217,11 @@ class NodeCache:
                     shutil.rmtree(path, ignore_errors=True)
                 finally:
                     os.close(fd)
+
+
+def _force_rmtree(path: Path) -> None:
+    for dirpath, dirs, _names in os.walk(path):
+        for d in dirs:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(dirpath, d), 0o755)
+    shutil.rmtree(path, ignore_errors=True)

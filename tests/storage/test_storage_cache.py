@@ -205,3 +205,17 @@ async def test_cache_prefetch_command_warms_from_a_list_file(file_server: FileSe
     assert f"{file_server.url}/missing/: not found" in out and "Traceback" not in out
     warmed = {e.uri for e in NodeCache(tmp_path / "c").entries()}
     assert warmed == {f"{file_server.url}/a/", f"{file_server.url}/b/"}  # ... the others were warmed
+
+
+def test_leftovers_of_a_dead_process_are_not_entries_and_get_cleaned(cache: NodeCache) -> None:
+    key = put_entry(cache, "s3://b/real", KiB, time.time())
+    for name in (f".build-{key}-999", f".trash-{key}-998"):
+        leftover = cache.root / "entries" / name
+        (leftover / "data").mkdir(parents=True)
+        (leftover / "meta.json").write_text(json.dumps({"uri": "x", "version": "v", "bytes": 1, "files": 1}))
+        (leftover / "last_used").touch()
+        old = time.time() - 7200
+        os.utime(leftover, (old, old))
+    assert [e.key for e in cache.entries()] == [key]
+    cache.prune()
+    assert sorted(p.name for p in (cache.root / "entries").iterdir()) == [key]
