@@ -254,6 +254,7 @@ class UpstreamPool:
         self.max_idle = max_idle_per_replica
         self.idle: dict[str, list[UpstreamConn]] = {}
         self.all: set[UpstreamConn] = set()
+        self.closed = False
         self._host_lines: dict[str, bytes] = {}
 
     def host_line(self, key: str, host: str, port: int) -> bytes:
@@ -279,7 +280,7 @@ class UpstreamPool:
 
     def put(self, conn: UpstreamConn) -> None:
         idle = self.idle.setdefault(conn.key, [])
-        if len(idle) >= self.max_idle:
+        if len(idle) >= self.max_idle or self.closed:
             conn.close()
             return
         idle.append(conn)
@@ -291,6 +292,7 @@ class UpstreamPool:
             idle.remove(conn)
 
     def close(self) -> None:
+        self.closed = True
         for conn in list(self.all):
             conn.close()
         self.idle.clear()
