@@ -484,3 +484,23 @@ async def test_a_draining_replicas_503_is_retried_on_another(stack: Stack) -> No
     for server in servers:
         server.close()
         await server.wait_closed()
+
+
+async def test_static_workers_share_a_port_and_stop_on_sigterm(stack: Stack) -> None:
+    port = free_port()
+    cmd = [sys.executable, "-m", "activator.fastpath", "--static", f"m={stack.eps[0].url}",
+           "--port", str(port), "--workers", "2", "--drain", "1"]
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    pids = set()
+    for _ in range(2):   # each worker says which pid serves the port
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        pids.add(line.split()[3])
+    assert len(pids) == 2
+    async with aiohttp.ClientSession() as client:
+        for _ in range(4):
+            async with client.get(f"http://127.0.0.1:{port}/v1/models/m?x=1") as r:
+                assert r.status == 200
+                assert (await r.json())["path"] == "/v1/models/m?x=1"
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 15) == 0
