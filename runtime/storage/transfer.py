@@ -258,8 +258,11 @@ class Downloader:
     def _save_journal(self, st: _FileState) -> None:
         tmp = st.journal.with_suffix(".tmp")
         state = {"size": st.f.size_bytes, "etag": st.f.etag, "done": _merge(st.done_ranges)}
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, st.journal)
+        try:
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, st.journal)
+        except OSError as err:  # only an optimisation: never hide the real failure (often ENOSPC)
+            log.warning("cannot save the resume journal for %s: %s", st.f.path, err.strerror)
 
 
 def remove_tree(path: Path) -> None:

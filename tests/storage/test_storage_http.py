@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -301,3 +304,40 @@ async def test_without_a_node_cache_files_stay_writable(file_server: FileServer,
     await materialize(f"{file_server.url}/m/", tmp_path / "d", None, FAST)
     assert_same(file_server.files, "/m/", tmp_path / "d")
     assert (tmp_path / "d" / "big.bin").stat().st_mode & 0o200
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 64 MiB filesystem that a test can fill (a tmpfs; needs root, skipped otherwise)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def test_disk_filling_up_mid_download_is_disk_full(
+    file_server: FileServer, tiny_fs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime.storage import DiskFullError, transfer
+
+    monkeypatch.setattr(transfer, "DISK_RESERVE_BYTES", 0)
+    file_server.files = {"/m/a.bin": os.urandom(8 * MiB), "/m/b.bin": os.urandom(8 * MiB)}
+    file_server.chunk_delay_s = 0.01
+    cache = NodeCache(tiny_fs / "cache")
+    one_by_one = TransferConfig(concurrency=1, min_ranged_bytes=1 << 40)
+    task = asyncio.create_task(materialize(f"{file_server.url}/m/", tiny_fs / "d", cache, one_by_one))
+    deadline = time.monotonic() + 20
+    while not file_server.log:  # the first file is reserved and downloading ...
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    with open(tiny_fs / "filler", "wb") as fh, contextlib.suppress(OSError):  # ... then the disk fills up
+        while True:
+            fh.write(b"\0" * MiB)
+            fh.flush()
+    with pytest.raises(DiskFullError, match=r"disk full writing b\.bin \(No space left on device\)") as err:
+        await task
+    assert str(err.value).startswith(f"{file_server.url}/m/: ")
+    assert cache.entries() == []
