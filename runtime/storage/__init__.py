@@ -4,8 +4,10 @@ API for the local backend and the model server (all names re-exported here):
 
     NodeCache.default() -> NodeCache
         The node cache: root from ZEROSERVE_CACHE_DIR (default ~/.cache/zeroserve), size budget from
-        ZEROSERVE_CACHE_BYTES (bytes or 50G / 512M; default 100 GiB). Shared safely by every process
-        on the machine (fcntl.flock per entry). Methods: entries(), remove(key), prune(budget).
+        ZEROSERVE_CACHE_BYTES (bytes or 50G / 512M; default 100 GiB), and ZEROSERVE_CACHE_FRESH_S
+        (default 0: every use first asks the store whether the model changed; N: an entry validated
+        less than N s ago is used without asking). Shared safely by every process on the machine
+        (fcntl.flock per entry). Methods: entries(), remove(key), prune(budget).
 
     async def prefetch(uri: str, cache: NodeCache) -> Path
         Ensure the cache holds the current version of `uri` (downloading it at most once per node even

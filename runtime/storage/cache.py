@@ -57,12 +57,17 @@ class NodeCache:
     root: Path
     budget_bytes: int = DEFAULT_BUDGET_BYTES
     read_only: bool = True  # shared entries are; a private scratch cache (no node cache) is not
+    # An entry checked against the store less than this long ago is used without asking again
+    # (0: every use lists the store first). Saves the round trip on a scale from zero right after
+    # a prefetch; the price is serving a model up to this old after it changed in the store.
+    fresh_for_s: float = 0.0
 
     @classmethod
     def default(cls) -> NodeCache:
         root = os.environ.get("ZEROSERVE_CACHE_DIR") or str(Path.home() / ".cache" / "zeroserve")
         budget = os.environ.get("ZEROSERVE_CACHE_BYTES")
-        return cls(Path(root), parse_bytes(budget) if budget else DEFAULT_BUDGET_BYTES)
+        fresh = float(os.environ.get("ZEROSERVE_CACHE_FRESH_S", "0"))
+        return cls(Path(root), parse_bytes(budget) if budget else DEFAULT_BUDGET_BYTES, fresh_for_s=fresh)
 
     @staticmethod
     def key_for(uri: str, version: str) -> str:
@@ -78,9 +83,25 @@ class NodeCache:
         path = self.entry_dir(key)
         return path if (path / "meta.json").is_file() else None
 
-    def touch(self, key: str) -> None:
+    def touch(self, key: str, *, validated: bool = False) -> None:
+        """Record a use (LRU order) and, when the store just confirmed the version, a validation."""
         with contextlib.suppress(OSError):
             (self.entry_dir(key) / "last_used").touch()
+            if validated:
+                (self.entry_dir(key) / "validated").touch()
+
+    def fresh_entry(self, uri: str, now_s: float) -> Path | None:
+        """The entry for `uri` if it was validated within `fresh_for_s` of `now_s` (unix time)."""
+        if self.fresh_for_s <= 0:
+            return None
+        entry = self.find_uri(uri)
+        if entry is None:
+            return None
+        try:
+            validated_s = (entry.path / "validated").stat().st_mtime
+        except OSError:
+            return None
+        return entry.path if now_s - validated_s < self.fresh_for_s else None
 
     @contextlib.asynccontextmanager
     async def lock(self, key: str, *, shared: bool = False) -> AsyncIterator[None]:
@@ -132,6 +153,7 @@ class NodeCache:
         meta = {"uri": uri, "version": version, "bytes": nbytes, "files": nfiles, "created_at": time.time()}
         (build / "meta.json").write_text(json.dumps(meta))
         (build / "last_used").touch()
+        (build / "validated").touch()
         final = self.entry_dir(key)
         shutil.rmtree(final, ignore_errors=True)  # a leftover without meta.json (lookup said absent)
         os.rename(build, final)

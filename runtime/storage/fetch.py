@@ -7,6 +7,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -26,6 +27,7 @@ from runtime.storage.transfer import Downloader, remove_tree
 from runtime.storage.uri import StorageUri, parse_uri
 
 log = logging.getLogger(__name__)
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +101,21 @@ async def _download(
     return done
 
 
+def _known_entry(uri: StorageUri, cache: NodeCache) -> Path | None:
+    """An entry usable without asking the store: an immutable URI (hf:// pinned to a commit,
+    whose listing version is that commit) or one validated within cache.fresh_for_s."""
+    if uri.scheme == "hf" and _COMMIT.match(uri.key):
+        entry = cache.lookup(cache.key_for(uri.raw, uri.key))
+        if entry is not None:
+            return entry
+    return cache.fresh_entry(uri.raw, time.time())
+
+
 async def _ensure(uri: StorageUri, cache: NodeCache, config: TransferConfig) -> _Ensured:
+    known = _known_entry(uri, cache)
+    if known is not None:
+        cache.touch(known.name)
+        return _Ensured(known, False, 0)
     source = open_source(uri, config)
     try:
         listing, fallback = await _listing(uri, source, cache, config)
@@ -109,7 +125,7 @@ async def _ensure(uri: StorageUri, cache: NodeCache, config: TransferConfig) -> 
         key = cache.key_for(uri.raw, listing.version)
         entry = cache.lookup(key)
         if entry is not None:
-            cache.touch(key)
+            cache.touch(key, validated=True)
             return _Ensured(entry, False, 0)
         async with cache.lock(key):
             entry = cache.lookup(key)  # another replica may have finished while we waited

@@ -60,6 +60,7 @@ class FileServer:
     digests: bool = False  # send Repr-Digest: sha-256 of the true content
     chunk_delay_s: float = 0.0
     sizes: dict[str, int] = field(default_factory=dict)  # listing lies about sizes (disk-full test)
+    listings: int = 0  # directory listings served
 
     def gets(self, path: str) -> list[Served]:
         return [s for s in self.log if s.method == "GET" and s.path == path]
@@ -86,6 +87,7 @@ class FileServer:
         if request.method == "HEAD" and self.head_status is not None:
             return web.Response(status=self.head_status)
         if path.endswith("/"):
+            self.listings += 1
             entries = self.listing(path)
             if not entries:
                 raise web.HTTPNotFound()

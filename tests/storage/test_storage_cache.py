@@ -219,3 +219,22 @@ def test_leftovers_of_a_dead_process_are_not_entries_and_get_cleaned(cache: Node
     assert [e.key for e in cache.entries()] == [key]
     cache.prune()
     assert sorted(p.name for p in (cache.root / "entries").iterdir()) == [key]
+
+
+async def test_fresh_entries_skip_the_store_until_they_age(file_server: FileServer, tmp_path: Path) -> None:
+    file_server.files = model_files()
+    uri = f"{file_server.url}/m/"
+    cache = NodeCache(tmp_path / "c", fresh_for_s=60)
+    entry = await prefetch(uri, cache, FAST)
+    listed = file_server.listings
+    hit = await materialize(uri, tmp_path / "r1", cache, FAST)
+    assert hit.cache_hit and file_server.listings == listed  # validated a moment ago: no round trip
+    old = time.time() - 120
+    os.utime(entry / "validated", (old, old))
+    await materialize(uri, tmp_path / "r2", cache, FAST)
+    assert file_server.listings > listed  # stale: asked the store again ...
+    assert time.time() - (entry / "validated").stat().st_mtime < 60  # ... which re-validated it
+    strict = NodeCache(tmp_path / "c")  # fresh_for_s=0: always asks
+    listed = file_server.listings
+    await materialize(uri, tmp_path / "r3", strict, FAST)
+    assert file_server.listings > listed

@@ -37,12 +37,14 @@ class Hub:
     omit_sizes: bool = False  # an older API answer: sizes come from HEAD on resolve (X-Linked-*)
     seen_auth: list[str] = field(default_factory=list)
     cdn_ranges: list[str] = field(default_factory=list)
+    info_calls: int = 0
 
     def _auth_ok(self, request: web.Request) -> bool:
         self.seen_auth.append(request.headers.get("Authorization", ""))
         return self.token is None or request.headers.get("Authorization") == f"Bearer {self.token}"
 
     async def info(self, request: web.Request) -> web.Response:
+        self.info_calls += 1
         if request.match_info["repo"] != "acme/tiny":
             return web.json_response({"error": "Repository not found"}, status=404)
         if not self._auth_ok(request):
@@ -144,6 +146,17 @@ async def test_sizes_and_sha256_from_head_when_the_listing_lacks_them(
         await source.close()
     big = next(f for f in listing.files if f.path == "model.safetensors")
     assert big.sha256 == hashlib.sha256(hub.files["model.safetensors"]).hexdigest()
+
+
+async def test_a_commit_pin_is_immutable_so_a_hit_needs_no_network(
+    hub: Hub, cache: NodeCache, tmp_path: Path
+) -> None:
+    await materialize(f"hf://acme/tiny@{COMMIT}", tmp_path / "a", cache, FAST)
+    calls = hub.info_calls
+    hit = await materialize(f"hf://acme/tiny@{COMMIT}", tmp_path / "b", cache, FAST)
+    assert hit.cache_hit and hub.info_calls == calls
+    await materialize("hf://acme/tiny@main", tmp_path / "c", cache, FAST)  # a branch can move: asked
+    assert hub.info_calls == calls + 1
 
 
 async def test_wrong_lfs_sha256_is_rejected(hub: Hub, cache: NodeCache, tmp_path: Path) -> None:
