@@ -3,8 +3,8 @@ that runs each scheduled pod as a real local process, and the EndpointSlice cont
 
 Simplifications (each one documented in docs/kubernetes.md): pods are owned by the Deployment
 directly (no ReplicaSets, no rolling updates), all pods share 127.0.0.1 so each pod gets its own
-port (its containerPort is rewritten at creation, and each port gets its own EndpointSlice), pods
-are deleted at once (no graceful termination window), readiness is probed every 50 ms.
+port (its containerPort is rewritten at creation, and each port gets its own EndpointSlice), the
+termination grace period is capped at 10 s, readiness is probed every 50 ms.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import copy
 import os
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +84,10 @@ def _ready(pod: Obj) -> bool:
                for c in (pod.get("status") or {}).get("conditions") or [])
 
 
+def _terminating(pod: Obj) -> bool:
+    return bool(pod["metadata"].get("deletionTimestamp"))
+
+
 def _gpus(pod: Obj) -> int:
     return sum(int(((c.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu", 0))
                for c in pod["spec"].get("containers") or [])
@@ -146,9 +151,22 @@ class FakeCluster:
                 del self.kubelets[uid]
 
     def _owned_pods(self, deploy: Obj) -> list[Obj]:
+        """The Deployment's pods that are not terminating (those no longer count as replicas)."""
         uid = deploy["metadata"]["uid"]
         return [p for p in self.store.list(POD, deploy["metadata"]["namespace"])
-                if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])]
+                if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])
+                and not p["metadata"].get("deletionTimestamp")]
+
+    def _terminate(self, pod: Obj) -> None:
+        """Graceful deletion: mark the pod; its kubelet sends SIGTERM, waits, then removes it."""
+        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        if pod["metadata"]["uid"] not in self.kubelets:
+            self.store.delete(POD, ns, name)
+            return
+        grace = int(pod["spec"].get("terminationGracePeriodSeconds", 30))
+        meta = {**pod["metadata"], "deletionGracePeriodSeconds": grace,
+                "deletionTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.store.replace(POD, ns, name, {**pod, "metadata": meta}, check_rv=False)
 
     def _sync_pods(self, deploy: Obj) -> None:
         ns, name = deploy["metadata"]["namespace"], deploy["metadata"]["name"]
@@ -162,7 +180,7 @@ class FakeCluster:
                 rv = int(p["metadata"]["resourceVersion"])
                 return (1 if p["spec"].get("nodeName") else 0, 1 if _ready(p) else 0, -rv)
             for victim in sorted(pods, key=rank)[: len(pods) - want]:
-                self.store.delete(POD, ns, victim["metadata"]["name"])
+                self._terminate(victim)
         del name
 
     def _new_pod(self, deploy: Obj) -> Obj:
@@ -237,6 +255,10 @@ class FakeCluster:
             ready = False
             assert self._session is not None
             while proc.returncode is None:
+                current = self.store.get(POD, pod["metadata"]["namespace"], pod["metadata"]["name"])
+                if current is not None and current["metadata"].get("deletionTimestamp"):
+                    await self._stop_gracefully(current, proc)
+                    return
                 try:
                     async with self._session.get(url) as resp:
                         now_ready = resp.status == 200
@@ -258,6 +280,21 @@ class FakeCluster:
                 except TimeoutError:
                     proc.kill()
                     await proc.wait()
+
+    async def _stop_gracefully(self, pod: Obj, proc: asyncio.subprocess.Process) -> None:
+        self._set_status(pod, conditions=[{"type": "PodScheduled", "status": "True"},
+                                          {"type": "Ready", "status": "False"}])
+        proc.terminate()
+        # Capped: a test should not wait a production grace period for a stuck process.
+        grace_s = min(float(pod["metadata"].get("deletionGracePeriodSeconds", 30)), 10.0)
+        try:
+            await asyncio.wait_for(proc.wait(), grace_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        current = self.store.get(POD, pod["metadata"]["namespace"], pod["metadata"]["name"])
+        if current is not None and current["metadata"]["uid"] == pod["metadata"]["uid"]:
+            self.store.delete(POD, pod["metadata"]["namespace"], pod["metadata"]["name"])
 
     def _sync_status(self, deploy: Obj) -> None:
         pods = self._owned_pods(deploy)
@@ -294,7 +331,8 @@ class FakeCluster:
             slice_name = f"{name}-{port}"
             wanted.add(slice_name)
             endpoints = [{"addresses": [p["status"]["podIP"]],
-                          "conditions": {"ready": _ready(p), "serving": _ready(p), "terminating": False},
+                          "conditions": {"ready": _ready(p) and not _terminating(p),
+                                         "serving": _ready(p), "terminating": _terminating(p)},
                           "targetRef": {"kind": "Pod", "name": p["metadata"]["name"], "namespace": ns,
                                         "uid": p["metadata"]["uid"]},
                           "nodeName": p["spec"].get("nodeName")} for p in pods]

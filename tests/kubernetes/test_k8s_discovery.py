@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from fake_cluster import free_port
+from fake_cluster import container_launcher, free_port
 from k8s_harness import NS, Harness, eventually
 from test_k8s_backend import IRIS, backend
 
@@ -114,3 +115,29 @@ async def test_sink_follows_the_redirect_to_the_leader_with_its_token(tmp_path: 
     assert all(g[1] == "Bearer s3cret" for g in got)
     assert got[0][2]["samples"][0]["avg_concurrency"] == 2.0
     assert got[1][2] == {"models": ["iris"]}
+
+
+async def test_scale_down_lets_the_request_in_flight_finish(k8s: Harness, tmp_path: Path) -> None:
+    """Pods terminate gracefully: marked terminating (out of the endpoint table at once), then
+    SIGTERM, which the real runtime answers by draining; the request in flight is not lost."""
+    k8s.cluster.launcher = container_launcher(tmp_path / "pods")
+    dead = f"http://127.0.0.1:{free_port()}"
+    spec = {"runtime": {"model": "tiny-llm", "loadTime": "100ms", "tokenLatency": "50ms"},
+            "scaling": {"initialScale": 1}}
+    async with backend(k8s) as b, activator(k8s, dead) as act, aiohttp.ClientSession() as session:
+        k8s.apply_model("tiny", spec)
+        await eventually(lambda: act.table.get("tiny").ready, what="a ready pod")
+        body = {"model": "tiny", "max_tokens": 40, "messages": [{"role": "user", "content": "hi"}]}
+        request = asyncio.create_task(session.post(f"http://127.0.0.1:{act.port}/v1/chat/completions",
+                                                   json=body))
+        await eventually(lambda: act.activator.inflight() == 1, what="the request in flight")
+        await b.scale("tiny", 0)
+        await eventually(lambda: any(p["metadata"].get("deletionTimestamp") for p in k8s.pods()),
+                         what="the pod to be terminating")
+        await eventually(lambda: act.table.get("tiny").ready == (), what="no new requests to it")
+        assert not request.done(), "the request was still streaming tokens when the pod stopped"
+        async with await request as r:
+            assert r.status == 200, await r.text()
+            answer = await r.json()
+        assert answer["usage"]["completion_tokens"] == 40
+        await eventually(lambda: not k8s.pods(), what="the pod to be gone")
