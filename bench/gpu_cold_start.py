@@ -54,13 +54,15 @@ device = "cuda" if torch.cuda.is_available() else "cpu"
 try:
     import accelerate  # noqa: F401  (device_map loads straight to the GPU; without it, load then move)
     model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16, device_map=device)
+    how = "device_map"
 except ImportError:
     model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16).to(device)
+    how = "to(device)"
 out = model.generate(torch.tensor([[104, 105]], device=device), max_new_tokens=1, min_new_tokens=1,
                      do_sample=False)
 if device == "cuda":
     torch.cuda.synchronize()
-print("token", int(out[0, -1]), flush=True)
+print("token", int(out[0, -1]), how, flush=True)
 """
 
 
@@ -97,7 +99,7 @@ def warm_page_cache(model_dir: Path) -> int:
     return total
 
 
-def run_naive(model_dir: Path) -> float:
+def run_naive(model_dir: Path) -> tuple[float, str]:
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", NAIVE, str(model_dir)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
@@ -107,7 +109,7 @@ def run_naive(model_dir: Path) -> float:
     proc.wait()
     if not line.startswith("token"):
         raise RuntimeError(f"naive path failed (exit {proc.returncode})")
-    return elapsed
+    return elapsed, line.split()[-1]
 
 
 def reader_comparison(model_dir: Path, device: str) -> dict[str, float]:
@@ -341,13 +343,13 @@ def main() -> int:
     params = sum(math.prod(e.shape) for s in shards for e in s.entries)
     h2d = h2d_pinned_gbps()
     readers = reader_comparison(model_dir, "cuda" if cuda else "cpu")
-    progress(f"in-process reads (best of 3): {readers}")
     if cuda:
-        torch.cuda.empty_cache()
+        torch.cuda.empty_cache()   # give the GPU memory back before the naive process and the pool
+    progress(f"in-process reads (best of 3): {readers}")
     progress(f"{params / 1e9:.3f} B params, {nbytes / 1e9:.3f} GB in {len(shards)} shards; h2d {h2d} GB/s")
 
     progress("naive: fresh process, import transformers, from_pretrained, generate 1 token")
-    naive_s = run_naive(model_dir)
+    naive_s, naive_how = run_naive(model_dir)
     progress(f"naive: {naive_s:.3f} s")
     zs = asyncio.run(zeroserve_paths(model_dir, max(1, args.repeats)))
     up = None if args.no_activator else asyncio.run(via_activator(model_dir, args.workdir))
@@ -366,6 +368,7 @@ def main() -> int:
         "path": "direct to the warm pool process (POST /pool/load + streamed /v1/completions), no activator",
         "page_cache": "warm (checkpoint read once before timing)",
         "naive_s": naive_s,
+        "naive_placement": naive_how,
         "zeroserve_cold_s": cold_s,
         "zeroserve_parked_s": parked_s,
         "speedup_vs_naive": naive_s / cold_s,
