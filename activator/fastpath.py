@@ -37,18 +37,21 @@ PAUSE_BUFFERED_BYTES = 1 << 20   # stop reading a client holding this much unsen
 PIPELINE_DEPTH = 16              # requests parsed ahead of the one being served
 ROUTE_CACHE_SIZE = 4096
 LINGER_S = 2.0                   # how long a closing connection swallows unread request bytes
+MAX_HEAD_BYTES = 64 * 1024       # request line + headers (nginx allows 4 x 8 KiB by default)
 
 
 class FastPath:
     """One listening socket's worth of fast path over one Activator: server, pool, reporter."""
 
     def __init__(self, activator: Activator, *, connect_timeout_s: float = 10.0,
-                 upstream_idle_s: float = 30.0, client_keepalive_s: float = 75.0) -> None:
+                 upstream_idle_s: float = 30.0, client_keepalive_s: float = 75.0,
+                 client_head_timeout_s: float = 60.0) -> None:
         self.activator = activator
         self.loop = asyncio.get_running_loop()
         self.pool = UpstreamPool(self.loop, timeout_s=activator.upstream_timeout_s,
                                  connect_timeout_s=connect_timeout_s, idle_timeout_s=upstream_idle_s)
         self.client_keepalive_s = client_keepalive_s
+        self.client_head_timeout_s = client_head_timeout_s
         self.clients: set[ClientConn] = set()
         self.server: asyncio.AbstractServer | None = None
         self._reporter: asyncio.Task[None] | None = None
@@ -143,6 +146,8 @@ class ClientConn(asyncio.Protocol):
         self.closed = False
         self.starting = False
         self.lingering = False
+        self.head_bytes = -1          # bytes of the request head so far; -1 between heads
+        self.head_since_s = 0.0
         self.last_io_s = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
@@ -156,7 +161,7 @@ class ClientConn(asyncio.Protocol):
             self.peer = str(peer[0]).encode("latin-1")
         self.fp.clients.add(self)
         self.last_io_s = self.fp.loop.time()
-        self.timer = self.fp.loop.call_later(self.fp.client_keepalive_s, self._tick)
+        self.timer = self.fp.loop.call_later(self._tick_period_s(), self._tick)
 
     def data_received(self, data: bytes) -> None:
         if self.lingering:
@@ -170,6 +175,12 @@ class ClientConn(asyncio.Protocol):
         except httptools.HttpParserError:
             self._reject(400, b"malformed HTTP request")
             return
+        if self.head_bytes >= 0:
+            # httptools buffers a header until it ends: bound what a client can make us hold.
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._reject(431, b"request head too large")
+                return
         active = self.active
         if active is None:
             if self.pipeline:
@@ -209,6 +220,8 @@ class ClientConn(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.cur = Exchange(self)
+        self.head_bytes = 0
+        self.head_since_s = self.last_io_s
 
     def on_url(self, url: bytes) -> None:
         assert self.cur is not None
@@ -232,6 +245,7 @@ class ClientConn(asyncio.Protocol):
             ex.expect = value.lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
+        self.head_bytes = -1
         ex = self.cur
         assert ex is not None
         ex.method = self.parser.get_method()
@@ -307,23 +321,32 @@ class ClientConn(asyncio.Protocol):
             self.starting = False
 
     def _reject(self, status: int, message: bytes) -> None:
+        """Refuse what the client is sending (unparsable, too big, too slow) and hang up."""
         if self.active is None or self.active.state < RESPONDING:
-            head = render(status, message, [("Content-Type", "text/plain")], close=True)
-            if self.active is not None:
-                self.active.abort()
-                self.active = None
-            self.write(head)
-        self.close()
+            self.write(render(status, message, [("Content-Type", "text/plain")], close=True))
+        self.close(linger=True)
+        while self.pipeline:
+            self.pipeline.popleft().abort()
+        self.active = None
 
     def _tick(self) -> None:
         self.timer = None
         if self.closed:
             return
-        left = self.last_io_s + self.fp.client_keepalive_s - self.fp.loop.time()
-        if left <= 0 and self.active is None and not self.pipeline:
+        now = self.fp.loop.time()
+        if self.head_bytes >= 0 and self.active is None and \
+                now - self.head_since_s >= self.fp.client_head_timeout_s:
+            self._reject(408, b"request head not received in time")   # a slow-loris client
+            return
+        idle = self.active is None and not self.pipeline and self.head_bytes < 0
+        if idle and now - self.last_io_s >= self.fp.client_keepalive_s:
             self.close()
             return
-        self.timer = self.fp.loop.call_later(max(left, 1.0), self._tick)
+        self.timer = self.fp.loop.call_later(self._tick_period_s(), self._tick)
+
+    def _tick_period_s(self) -> float:
+        # Checked on a period rather than re-armed per request: the warm path touches no timer.
+        return max(min(self.fp.client_keepalive_s, self.fp.client_head_timeout_s) / 2, 0.05)
 
 
 def main(argv: list[str] | None = None) -> int:

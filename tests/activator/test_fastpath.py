@@ -5,6 +5,7 @@ needs bytes on the wire (pipelining, chunked bodies, disconnects)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
@@ -504,3 +505,27 @@ async def test_static_workers_share_a_port_and_stop_on_sigterm(stack: Stack) -> 
                 assert (await r.json())["path"] == "/v1/models/m?x=1"
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+async def test_malformed_oversized_and_slow_request_heads_are_refused(stack: Stack) -> None:
+    stack.publish("m", stack.eps[:1])
+    big = b"GET /v1/models/m HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20)
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    with contextlib.suppress(ConnectionError):
+        for i in range(0, len(big), 16384):   # as a client streaming a header that never ends
+            writer.write(big[i:i + 16384])
+            await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 431 ")
+
+    assert (await stack.raw(b"BLAH\x00 / HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
+
+    stack.fast.client_head_timeout_s = 0.3
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(b"GET /v1/models/m HTTP/1.1\r\nHost: x\r\n")   # and then nothing
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    async with aiohttp.ClientSession() as client, client.get(f"{stack.url}/v1/models/m") as r:
+        assert r.status == 200   # a normal request on a fresh connection is unaffected
