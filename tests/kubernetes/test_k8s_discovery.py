@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from fake_cluster import container_launcher, free_port
-from k8s_harness import NS, Harness, eventually
+from k8s_harness import NS, ROOT, Harness, eventually
 from test_k8s_backend import IRIS, backend
 
 from activator.cluster import ActivatorConfig, ClusterActivator
@@ -141,3 +143,37 @@ async def test_scale_down_lets_the_request_in_flight_finish(k8s: Harness, tmp_pa
             answer = await r.json()
         assert answer["usage"]["completion_tokens"] == 40
         await eventually(lambda: not k8s.pods(), what="the pod to be gone")
+
+
+async def test_the_activator_command_serves_and_drains_on_sigterm(k8s: Harness) -> None:
+    port, metrics_port = free_port(), free_port()
+    argv = [sys.executable, "-m", "zeroserve", "activator", "--api-server", k8s.emu.url,
+            "--api-token", "activator-cmd", "--namespace", NS, "--host", "127.0.0.1",
+            "--port", str(port), "--metrics-port", str(metrics_port),
+            "--autoscaler-url", f"http://127.0.0.1:{free_port()}", "--drain-grace-s", "2"]
+    proc = await asyncio.create_subprocess_exec(*argv, cwd=ROOT, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        k8s.apply_model("iris", IRIS)  # no backend: the model is known, no pod is ever ready
+        async with aiohttp.ClientSession() as session:
+            async def up() -> bool:
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/healthz") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            for _ in range(400):
+                if await up():
+                    break
+                await asyncio.sleep(0.05)
+            assert await up(), "the activator did not come up"
+            async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
+                assert r.status == 200
+            await eventually(lambda: any(a.identity == "activator-cmd" and a.verb == "watch"
+                                         for a in k8s.emu.accesses), what="its watches")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
