@@ -80,6 +80,22 @@ async def test_chat_streaming_and_seeded_sampling(client: openai.AsyncOpenAI) ->
     assert reply.choices[0].finish_reason in ("length", "stop")
 
 
+async def test_concurrent_streams_keep_their_own_caches(client: openai.AsyncOpenAI) -> None:
+    import asyncio
+
+    prompts = ["first prompt", "a different, longer second prompt"]
+    alone = [(await client.completions.create(model="tiny", prompt=p, max_tokens=6, temperature=0))
+             .choices[0].text for p in prompts]
+
+    async def streamed(prompt: str) -> str:
+        stream = await client.completions.create(model="tiny", prompt=prompt, max_tokens=6, temperature=0,
+                                                 stream=True)
+        return "".join([c.choices[0].text async for c in stream if c.choices])
+
+    together = await asyncio.gather(*(streamed(p) for p in prompts))
+    assert list(together) == alone
+
+
 async def test_unknown_model_is_404(client: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         await client.completions.create(model="other", prompt="x", max_tokens=1)
