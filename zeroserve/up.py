@@ -24,9 +24,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 
 from activator.app import Activator, build_app
 from autoscaler.aggregation import StatSample
+from autoscaler.api import stats_routes
+from autoscaler.backends.base import EndpointSet
 from autoscaler.backends.local import LocalBackend
 from autoscaler.loop import Autoscaler
 from zeroserve.spec import ModelService, SpecError, load_specs
+from zeroserve.worker import endpoint_set_to_json
 
 log = logging.getLogger("zeroserve.up")
 
@@ -42,6 +45,7 @@ class UpConfig:
     stop_grace_s: float = 30.0
     cache_dir: Path | None = None
     data_path: str = "fast"       # fast (raw asyncio + httptools) | aiohttp (reference path)
+    workers: int = 1              # activator processes sharing the port (SO_REUSEPORT)
 
 
 class _Sink:
@@ -60,6 +64,36 @@ class _Sink:
     def poke(self, model: str) -> None:
         self.autoscaler.poke(model)
         self.backend.kick(model)
+
+
+class _Target:
+    """What worker processes' load reports and pokes reach (autoscaler.api's stats routes):
+    the autoscaler, plus the backend's view of demand for GPU placement."""
+
+    def __init__(self, autoscaler: Autoscaler, backend: LocalBackend) -> None:
+        self.autoscaler = autoscaler
+        self.backend = backend
+        self.queued: dict[str, dict[str, int]] = {}
+
+    def __contains__(self, model: object) -> bool:
+        return model in self.autoscaler
+
+    def ingest(self, samples: Iterable[StatSample]) -> None:
+        samples = list(samples)
+        self.autoscaler.ingest(samples)
+        for s in samples:
+            self.queued.setdefault(s.model, {})[s.activator_id] = s.queued
+            if s.avg_concurrency > 0 or s.requests > 0:
+                self.backend.touch(s.model)
+            if s.queued:
+                self.backend.kick(s.model)
+
+    def poke(self, model: str) -> None:
+        self.autoscaler.poke(model)
+        self.backend.kick(model)
+
+    def remote_queued(self, model: str) -> int:
+        return sum(self.queued.get(model, {}).values())
 
 
 def _gpu_inventory() -> Any | None:
@@ -102,6 +136,10 @@ class Stack:
         self.activator = Activator(self.services, _Sink(self.autoscaler, self.backend),
                                    registry=self.registry, phases=self.backend.last_phases)
         self.backend.subscribe(self.activator.table.update)
+        self.target = _Target(self.autoscaler, self.backend)
+        self._watchers: set[asyncio.Queue[EndpointSet | None]] = set()
+        self.backend.subscribe(self._fan_out)
+        self._workers: list[asyncio.subprocess.Process] = []
         self._runners: list[web.AppRunner] = []
         self._loop_task: asyncio.Task[None] | None = None
         self._fast: Any | None = None
@@ -111,7 +149,12 @@ class Stack:
             return 0
         load = self.activator.tracker.models.get(model)
         gate = self.activator.gates.get(model)
-        return (load.inflight if load else 0) + (gate.queued if gate else 0)
+        local = (load.inflight if load else 0) + (gate.queued if gate else 0)
+        return local + self.target.remote_queued(model)
+
+    def _fan_out(self, model: str, endpoints: EndpointSet) -> None:
+        for queue in self._watchers:
+            queue.put_nowait(endpoints)
 
     async def start(self) -> None:
         await self.backend.start()
@@ -124,7 +167,8 @@ class Stack:
             from activator.fastpath import FastPath
 
             self._fast = FastPath(self.activator)
-            await self._fast.start(self.config.host, self.config.port)
+            await self._fast.start(self.config.host, self.config.port,
+                                   reuse_port=self.config.workers > 1)
         else:
             runner = web.AppRunner(build_app(self.activator), handler_cancellation=True,
                                    access_log=None)
@@ -135,14 +179,37 @@ class Stack:
         await admin.setup()
         await web.TCPSite(admin, self.config.admin_host, self.config.admin_port).start()
         self._runners.append(admin)
+        for index in range(1, self.config.workers):
+            await self._start_worker(index)
+
+    async def _start_worker(self, index: int) -> None:
+        argv = [sys.executable, "-m", "zeroserve.worker", "--admin",
+                f"http://{self.config.admin_host}:{self.config.admin_port}",
+                "--host", self.config.host, "--port", str(self.config.port),
+                "--index", str(index), "--drain", str(self.config.drain_s)]
+        for f in self.config.files:
+            argv += ["-f", str(f)]
+        self._workers.append(await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL))
 
     async def stop(self) -> None:
         assert self.activator is not None
+        for proc in self._workers:
+            if proc.returncode is None:
+                proc.terminate()       # each worker drains its own requests
+        for queue in self._watchers:
+            queue.put_nowait(None)     # end the endpoint streams
         if self._runners or self._fast is not None:
             log.info("draining in-flight requests (up to %.0fs)", self.config.drain_s)
             await self.activator.drain(self.config.drain_s)
         if self._fast is not None:
             await self._fast.close()
+        for proc in self._workers:
+            try:
+                await asyncio.wait_for(proc.wait(), self.config.drain_s + 5)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -173,7 +240,11 @@ class Stack:
                 "last_cold_start_s": a.get("last_cold_start_s"),
             }
         gpus = {str(k): v for k, v in self.backend.gpu_assignments().items()}
-        return {"models": models, "gpus": gpus}
+        activators = sorted({self.activator.activator_id}
+                            | {a for per in self.target.queued.values() for a in per})
+        return {"models": models, "gpus": gpus, "activators": activators,
+                "workers": 1 + len(self._watchers),
+                "pool": self.backend.pool_status()}
 
     def _admin_app(self) -> web.Application:
         app = web.Application()
@@ -188,6 +259,23 @@ class Stack:
         async def healthz(request: web.Request) -> web.Response:
             return web.json_response({"status": "ok"})
 
+        async def watch(request: web.Request) -> web.StreamResponse:
+            # One JSON line per EndpointSet: all current ones first, then every change.
+            queue: asyncio.Queue[EndpointSet | None] = asyncio.Queue()
+            for name in self.backend.models:
+                queue.put_nowait(self.backend.endpoints(name))
+            self._watchers.add(queue)
+            resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            await resp.prepare(request)
+            try:
+                while (eps := await queue.get()) is not None:
+                    await resp.write(json.dumps(endpoint_set_to_json(eps)).encode() + b"\n")
+            finally:
+                self._watchers.discard(queue)
+            return resp
+
+        app.router.add_routes(stats_routes(lambda request: self.target))  # type: ignore[arg-type,return-value]
+        app.router.add_get("/v1/endpoints/watch", watch)
         app.router.add_get("/status", status)
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/healthz", healthz)
@@ -227,6 +315,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--stop-grace", type=float, default=30.0,
                    help="seconds a replica gets between SIGTERM and SIGKILL")
     p.add_argument("--cache-dir", type=Path, help="node cache (default $ZEROSERVE_CACHE_DIR)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="activator processes sharing the port (default 1; try the core count)")
     p.add_argument("--data-path", choices=("fast", "aiohttp"), default="fast",
                    help="the activator's HTTP implementation (default fast)")
     p.add_argument("--log-level", default="INFO")
@@ -251,7 +341,10 @@ def main(argv: list[str]) -> int:
     config = UpConfig(files=tuple(args.file), host=args.host, port=args.port,
                       admin_host=args.admin_host, admin_port=args.admin_port, drain_s=args.drain,
                       stop_grace_s=args.stop_grace, cache_dir=args.cache_dir,
-                      data_path=args.data_path)
+                      data_path=args.data_path, workers=max(1, args.workers))
+    if config.workers > 1 and config.data_path != "fast":
+        print("zeroserve up: --workers needs the fast data path", file=sys.stderr)
+        return 2
     try:
         import uvloop
 
