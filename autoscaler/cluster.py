@@ -131,16 +131,20 @@ class ClusterAutoscaler:
                  self.config.host, self.port, self.config.namespace)
 
     async def stop(self) -> None:
+        log.info("autoscaler %s stopping: releasing the lease", self.config.identity)
         for task in self._tasks:  # the elector releases the lease on its way out
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._on_stopped()
+        log.info("autoscaler %s stopping: closing the API", self.config.identity)
         if self._runner is not None:
             await self._runner.cleanup()
+        log.info("autoscaler %s stopping: closing watches", self.config.identity)
         await self.backend.close()
         await self.api.close()
+        log.info("autoscaler %s stopped", self.config.identity)
 
     # --- HTTP API -------------------------------------------------------------------------------
 

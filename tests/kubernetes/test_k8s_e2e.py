@@ -9,13 +9,13 @@ shows that the two never both wrote replicas.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +32,29 @@ SPEC = {"storageUri": "s3://models/iris/", "runtime": {"model": "iris"},
         "queue": {"timeout": "30s"}}
 
 
-@contextlib.contextmanager
-def autoscaler_process(k8s: Harness, name: str, port: int, token: Path) -> Iterator[subprocess.Popen[bytes]]:
+@contextlib.asynccontextmanager
+async def autoscaler_process(k8s: Harness, name: str, port: int,
+                             token: Path) -> AsyncIterator[asyncio.subprocess.Process]:
     argv = [sys.executable, "-m", "zeroserve", "autoscaler", "--api-server", k8s.emu.url,
             "--api-token", name, "--namespace", NS, "--image", "zeroserve:test", "--identity", name,
             "--host", "127.0.0.1", "--port", str(port), "--address", f"http://127.0.0.1:{port}",
             "--token-file", str(token), "--lease-duration-s", str(LEASE_S),
             "--renew-deadline-s", str(RENEW_S), "--retry-period-s", str(RETRY_S), "--tick-s", "0.25"]
-    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = await asyncio.create_subprocess_exec(*argv, cwd=ROOT,
+                                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         yield proc
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
+            # Waited for asynchronously: the emulator shares this event loop, and the autoscaler's
+            # shutdown releases its lease through it.
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                assert await asyncio.wait_for(proc.wait(), 10) == 0, "a clean exit on SIGTERM"
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
 
 
 def holder(k8s: Harness) -> str:
@@ -97,9 +102,9 @@ async def test_scale_to_zero_from_zero_and_leader_failover(k8s: Harness, tmp_pat
     k8s.store.create("v1/configmaps", NS, {"metadata": {"name": "zeroserve-prefetch"},
                                            "data": {"uris": ""}})
     port_a, port_b = free_port(), free_port()
-    with autoscaler_process(k8s, "autoscaler-a", port_a, token) as proc_a:
+    async with autoscaler_process(k8s, "autoscaler-a", port_a, token) as proc_a:
         await eventually(lambda: holder(k8s) == "autoscaler-a", timeout_s=30, what="a to lead")
-        with autoscaler_process(k8s, "autoscaler-b", port_b, token):
+        async with autoscaler_process(k8s, "autoscaler-b", port_b, token):
             # The activator reports to b, a follower: b redirects it to the leader.
             async with activator(k8s, f"http://127.0.0.1:{port_b}", token) as act, \
                     aiohttp.ClientSession() as session:
@@ -113,7 +118,7 @@ async def test_scale_to_zero_from_zero_and_leader_failover(k8s: Harness, tmp_pat
 
                 proc_a.send_signal(signal.SIGKILL)  # the leader dies without releasing the lease
                 killed_at = k8s.emu.clock()
-                proc_a.wait()
+                await proc_a.wait()
                 await eventually(lambda: holder(k8s) == "autoscaler-b", timeout_s=LEASE_S + 5,
                                  what="b to take over")
                 takeover_s = k8s.emu.clock() - killed_at
