@@ -27,7 +27,7 @@ class StatSample:
     activator_id: str
     at: float  # seconds, the reporter's monotonic clock in-process / unix time over HTTP
     avg_concurrency: float  # time-weighted average in-flight (queued + proxied) over the period
-    requests: float  # requests that arrived in the period (for rps: divided by period_s)
+    requests: float  # requests that arrived in the period (rps: counted per one-second bucket)
     period_s: float = 1.0
     queued: int = 0
 
@@ -118,17 +118,20 @@ class ModelWindows:
 
     def record(self, sample: StatSample) -> None:
         concurrency = sample.avg_concurrency
-        rate = sample.requests / sample.period_s if sample.period_s > 0 else sample.requests
+        # Requests are counted, not turned into a rate per sample: buckets are one second wide,
+        # so a bucket's sum is that second's request rate. A rate per sample would blow up for
+        # the short partial period an activator reports with a poke.
+        rate = sample.requests
         bucket = math.floor(sample.at / BUCKET_S)
         previous = self._by_activator.get(sample.activator_id)
         if previous is not None and previous[0] == bucket:
             # A reporter whose timer jittered can land twice in one second: it measured the same
             # second twice, so average its samples there instead of counting its load double.
             _, count, mean_c, mean_r = previous
+            # Its request counts cover disjoint periods, so they add up.
             new_c = (mean_c * count + concurrency) / (count + 1)
-            new_r = (mean_r * count + rate) / (count + 1)
-            self._by_activator[sample.activator_id] = (bucket, count + 1, new_c, new_r)
-            concurrency, rate = new_c - mean_c, new_r - mean_r
+            self._by_activator[sample.activator_id] = (bucket, count + 1, new_c, mean_r + rate)
+            concurrency = new_c - mean_c
         else:
             self._by_activator[sample.activator_id] = (bucket, 1, concurrency, rate)
         self.concurrency.record(sample.at, concurrency)

@@ -472,9 +472,8 @@ class BatchWindows:
         rows = np.array([r for r, _ in batch], dtype=np.int64)
         at = np.array([s.at for _, s in batch], dtype=np.float64)
         conc = np.array([s.avg_concurrency for _, s in batch], dtype=np.float64)
-        rate = np.array(
-            [s.requests / s.period_s if s.period_s > 0 else s.requests for _, s in batch], dtype=np.float64
-        )
+        # Request counts, summed per one-second bucket (see aggregation.ModelWindows.record).
+        rate = np.array([s.requests for _, s in batch], dtype=np.float64)
         index = np.floor(at / BUCKET_S).astype(np.int64)
         activators = [s.activator_id for _, s in batch]
         groups: dict[str, list[int]] = {}
@@ -492,9 +491,8 @@ class BatchWindows:
             same = means.bucket[r] == index[k]
             count, mean_c, mean_r = means.count[r], means.mean_c[r], means.mean_r[r]
             new_c = np.where(same, (mean_c * count + conc[k]) / (count + 1), conc[k])
-            new_r = np.where(same, (mean_r * count + rate[k]) / (count + 1), rate[k])
+            new_r = np.where(same, mean_r + rate[k], rate[k])
             conc[k] = np.where(same, new_c - mean_c, conc[k])
-            rate[k] = np.where(same, new_r - mean_r, rate[k])
             means.bucket[r], means.count[r] = index[k], np.where(same, count + 1, 1)
             means.mean_c[r], means.mean_r[r] = new_c, new_r
         self.concurrency.record(rows, index, conc)

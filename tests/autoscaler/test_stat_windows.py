@@ -76,19 +76,30 @@ def test_activators_sum_per_second() -> None:
     assert windows.observe("rps", T0 + 5.9) == (50.0, 50.0)
 
 
-def test_one_activator_twice_in_a_second_is_averaged_not_doubled() -> None:
+def test_one_activator_twice_in_a_second_averages_concurrency_and_adds_requests() -> None:
     windows = ModelWindows(60.0, 6.0)
     windows.record(sample("a", 100.05, 4.0, 10))
     windows.record(sample("a", 100.95, 6.0, 30))  # the reporter's timer jittered into the same second
     windows.record(sample("b", 100.5, 1.0, 5))
     assert windows.observe("concurrency", 100.99) == (6.0, 6.0)
-    assert windows.observe("rps", 100.99) == (25.0, 25.0)
+    # Request counts of disjoint periods add up; the empty bucket next to this one evens it out.
+    assert windows.observe("rps", 100.99) == (45.0, 45.0)
 
 
-def test_rps_divides_requests_by_the_period() -> None:
+def test_rps_counts_requests_per_second_bucket() -> None:
     windows = ModelWindows(60.0, 6.0)
     windows.record(StatSample("m", "a", 50.0, 1.0, 20.0, period_s=2.0))
-    assert windows.observe("rps", 50.0) == (10.0, 10.0)
+    windows.record(StatSample("m", "a", 52.0, 1.0, 20.0, period_s=2.0))
+    stable, panic = windows.observe("rps", 52.5)
+    assert stable == pytest.approx(40.0 / 3, abs=1e-5) and panic == stable
+
+
+def test_a_poke_report_of_a_tiny_period_does_not_explode_the_rate() -> None:
+    # An activator reports with each poke, for the microseconds since its last report.
+    windows = ModelWindows(60.0, 6.0)
+    windows.record(StatSample("m", "a", 10.0, 1.0, 1.0, period_s=1e-6))
+    windows.record(StatSample("m", "a", 10.9, 1.0, 2.0, period_s=0.9))
+    assert windows.observe("rps", 10.95) == (3.0, 3.0)
 
 
 def test_panic_window_forgets_faster_than_stable() -> None:
