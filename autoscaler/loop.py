@@ -26,43 +26,18 @@ from prometheus_client import CollectorRegistry
 from autoscaler import metrics
 from autoscaler.aggregation import StatSample
 from autoscaler.batch import BatchConfig, BatchState, BatchWindows, decide_batch
+from autoscaler.config import policy_config_from_spec
 from autoscaler.metrics import DecisionRow
-from autoscaler.policy import Observation, PolicyConfig, ScaleResult, decide, initial_state, resolve_target
+from autoscaler.policy import Observation, PolicyConfig, ScaleResult, decide, initial_state
 
 if TYPE_CHECKING:
     from autoscaler.backends.base import Backend
-    from zeroserve.spec import ModelService, ScalingSpec
+    from zeroserve.spec import ModelService
 
 log = logging.getLogger(__name__)
 
 STALE_AFTER_S = 10.0  # ten missed one-second reports from every activator
 RESYNC_S = 30.0  # how often the backend's own targets are compared with ours
-
-
-def policy_config_from_spec(scaling: ScalingSpec) -> PolicyConfig:
-    """The KPA configuration a model's `scaling:` section means."""
-    target_value, total_value = resolve_target(
-        scaling.metric, scaling.target, scaling.container_concurrency, scaling.target_utilization
-    )
-    return PolicyConfig(
-        target_value=target_value,
-        total_value=total_value,
-        metric=scaling.metric,
-        panic_threshold_percent=scaling.panic_threshold_percent,
-        stable_window_s=scaling.stable_window_s,
-        panic_window_percent=scaling.panic_window_percent,
-        max_scale_up_rate=scaling.max_scale_up_rate,
-        max_scale_down_rate=scaling.max_scale_down_rate,
-        scale_down_delay_s=scaling.scale_down_delay_s,
-        tick_s=scaling.tick_s,
-        min_scale=scaling.min_replicas,
-        max_scale=scaling.max_replicas,
-        initial_scale=scaling.initial_scale,
-        activation_scale=scaling.activation_scale,
-        scale_to_zero_grace_s=scaling.scale_to_zero_grace_s,
-        scale_to_zero_retention_s=scaling.scale_to_zero_retention_s,
-        target_burst_capacity=scaling.target_burst_capacity,
-    )
 
 
 class ModelPolicy(Protocol):

@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from autoscaler import histogram, policy
 from autoscaler.aggregation import Aggregator, StatSample
+from autoscaler.config import policy_config_from_spec
 from autoscaler.histogram import HistogramConfig, HistogramState
 from autoscaler.policy import Observation, PolicyConfig, PolicyState
 from zeroserve.spec import ModelService, ScalingSpec
@@ -29,29 +30,8 @@ PERIOD_FLOOR_S = 1e-6  # activator/stats.py's floor on a report's period
 
 
 def policy_config(scaling: ScalingSpec) -> PolicyConfig:
-    """The KPA configuration a ScalingSpec means (what the live loop builds from the same spec)."""
-    target_value, total_value = policy.resolve_target(
-        scaling.metric, scaling.target, scaling.container_concurrency, scaling.target_utilization
-    )
-    return PolicyConfig(
-        target_value=target_value,
-        total_value=total_value,
-        metric=scaling.metric,
-        panic_threshold_percent=scaling.panic_threshold_percent,
-        stable_window_s=scaling.stable_window_s,
-        panic_window_percent=scaling.panic_window_percent,
-        max_scale_up_rate=scaling.max_scale_up_rate,
-        max_scale_down_rate=scaling.max_scale_down_rate,
-        scale_down_delay_s=scaling.scale_down_delay_s,
-        tick_s=scaling.tick_s,
-        min_scale=scaling.min_replicas,
-        max_scale=scaling.max_replicas,
-        initial_scale=scaling.initial_scale,
-        activation_scale=scaling.activation_scale,
-        scale_to_zero_grace_s=scaling.scale_to_zero_grace_s,
-        scale_to_zero_retention_s=scaling.scale_to_zero_retention_s,
-        target_burst_capacity=scaling.target_burst_capacity,
-    )
+    """The KPA configuration a ScalingSpec means: the live loop's own translation."""
+    return policy_config_from_spec(scaling)
 
 
 @dataclass
