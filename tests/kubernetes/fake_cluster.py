@@ -4,7 +4,8 @@ that runs each scheduled pod as a real local process, and the EndpointSlice cont
 Simplifications (each one documented in docs/kubernetes.md): pods are owned by the Deployment
 directly (no ReplicaSets, no rolling updates), all pods share 127.0.0.1 so each pod gets its own
 port (its containerPort is rewritten at creation, and each port gets its own EndpointSlice), the
-termination grace period is capped at 10 s, readiness is probed every 50 ms.
+termination grace period is capped at 10 s, readiness is probed every 50 ms, and init containers run
+only under `container_launcher` (the stand-in launcher has none).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from emulator import Obj, Store, parse_selector, selector_matches
 DEPLOY, POD, SVC = "apps/v1/deployments", "v1/pods", "v1/services"
 SLICE = "discovery.k8s.io/v1/endpointslices"
 REPLICA = Path(__file__).with_name("replica.py")
-Launcher = Callable[[Obj, int], tuple[list[str], dict[str, str]]]
+Launcher = Callable[[Obj, int], "Launch"]
 
 
 def free_port() -> int:
@@ -36,45 +38,64 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """What the kubelet runs for a pod: init steps in order (each must exit 0), then the server."""
+
+    argv: list[str]
+    env: dict[str, str]
+    init: tuple[tuple[list[str], dict[str, str]], ...] = ()
+
+
 def standin_launcher(startup_delay_s: float = 0.0) -> Launcher:
     """Run the stand-in replica, serving the model named by the pod's `serving.zeroserve.io/model`."""
 
-    def launch(pod: Obj, port: int) -> tuple[list[str], dict[str, str]]:
+    def launch(pod: Obj, port: int) -> Launch:
         model = pod["metadata"]["labels"].get("serving.zeroserve.io/model", "model")
         argv = [sys.executable, str(REPLICA), "--port", str(port), "--model", model,
                 "--startup-delay-s", str(startup_delay_s)]
-        return argv, dict(os.environ)
+        return Launch(argv, dict(os.environ))
 
     return launch
 
 
 def container_launcher(scratch: Path) -> Launcher:
-    """Run the pod's own runtime container as rendered: `zeroserve ...` becomes this interpreter's
-    `-m zeroserve`, each volume mount a folder under `scratch`, and `--port` the pod's port."""
+    """Run the pod's containers as rendered — initContainers, then the runtime: `zeroserve ...`
+    becomes this interpreter's `-m zeroserve`, `--port` the pod's port, an emptyDir a folder of the
+    pod under `scratch`, and a hostPath a folder of the (one) node, shared by all its pods."""
 
-    def launch(pod: Obj, port: int) -> tuple[list[str], dict[str, str]]:
-        container = pod["spec"]["containers"][0]
-        argv = [*(container.get("command") or []), *(container.get("args") or [])]
-        if not argv or argv[0] != "zeroserve":
-            raise ValueError(f"cannot run {container.get('image')} {argv} outside a container")
-        pod_dir = scratch / pod["metadata"]["name"]
-        mounts = {m["mountPath"]: pod_dir / m["name"] for m in container.get("volumeMounts") or []}
-        for folder in mounts.values():
+    def launch(pod: Obj, port: int) -> Launch:
+        volumes: dict[str, Path] = {}
+        for v in pod["spec"].get("volumes") or []:
+            host = (v.get("hostPath") or {}).get("path")
+            volumes[v["name"]] = (scratch / "node" / host.lstrip("/") if host
+                                  else scratch / pod["metadata"]["name"] / v["name"])
+        for folder in volumes.values():
             folder.mkdir(parents=True, exist_ok=True)
 
-        def local(value: str) -> str:
-            for mount, folder in mounts.items():
-                if value == mount or value.startswith(mount + "/"):
-                    return str(folder) + value[len(mount):]
-            return value
+        def command(container: Obj) -> tuple[list[str], dict[str, str]]:
+            argv = [*(container.get("command") or []), *(container.get("args") or [])]
+            if not argv or argv[0] != "zeroserve":
+                raise ValueError(f"cannot run {container.get('image')} {argv} outside a container")
+            mounts = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts") or []}
 
-        argv = [sys.executable, "-m", "zeroserve", *(local(a) for a in argv[1:])]
-        if "--port" in argv:
-            argv[argv.index("--port") + 1] = str(port)
-        env = dict(os.environ)
-        env.update({e["name"]: local(str(e.get("value", ""))) for e in container.get("env") or []})
-        env["PORT"] = str(port)
-        return argv, env
+            def local(value: str) -> str:
+                for mount, folder in mounts.items():
+                    if value == mount or value.startswith(mount + "/"):
+                        return str(folder) + value[len(mount):]
+                return value
+
+            argv = [sys.executable, "-m", "zeroserve", *(local(a) for a in argv[1:])]
+            if "--port" in argv:
+                argv[argv.index("--port") + 1] = str(port)
+            env = dict(os.environ)
+            env.update({e["name"]: local(str(e.get("value", ""))) for e in container.get("env") or []})
+            env["PORT"] = str(port)
+            return argv, env
+
+        argv, env = command(pod["spec"]["containers"][0])
+        init = tuple(command(c) for c in pod["spec"].get("initContainers") or [])
+        return Launch(argv, env, init)
 
     return launch
 
@@ -242,13 +263,36 @@ class FakeCluster:
         self.store.replace(POD, ns, name, {**current, "status": status}, subresource="status",
                            check_rv=False)
 
+    async def _run_init(self, pod: Obj, launch: Launch) -> None:
+        """Init containers in order, each to a zero exit; a failure is retried, as the kubelet does."""
+        names = [c["name"] for c in pod["spec"].get("initContainers") or []]
+        step = 0
+        while step < len(launch.init):
+            argv, env = launch.init[step]
+            proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.DEVNULL)
+            try:
+                code = await proc.wait()
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            if code == 0:
+                step += 1
+                continue
+            self._set_status(pod, initContainerStatuses=[{"name": names[step], "state": {"waiting": {
+                "reason": "CrashLoopBackOff", "message": f"exited with {code}"}}}])
+            await asyncio.sleep(0.5)
+
     async def _kubelet(self, pod: Obj) -> None:
         port = _port(pod)
-        argv, env = self.launcher(pod, port)
+        launch = self.launcher(pod, port)
         probe = (pod["spec"]["containers"][0].get("readinessProbe") or {}).get("httpGet") or {}
         url = f"http://127.0.0.1:{port}{probe.get('path', '/')}"
         scheduled = {"type": "PodScheduled", "status": "True"}
-        proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.DEVNULL)
+        await self._run_init(pod, launch)
+        self._set_status(pod, initContainerStatuses=[])
+        proc = await asyncio.create_subprocess_exec(*launch.argv, env=launch.env,
+                                                    stdout=asyncio.subprocess.DEVNULL)
         try:
             self._set_status(pod, phase="Running", podIP="127.0.0.1", hostIP="127.0.0.1",
                              conditions=[scheduled, {"type": "Ready", "status": "False"}])

@@ -20,16 +20,45 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
+from aiohttp import web
 from fake_cluster import container_launcher, free_port
 from k8s_harness import NS, ROOT, Harness, eventually, load_roles
 from test_k8s_discovery import activator
 
 LEASE_S, RENEW_S, RETRY_S = 2.0, 1.5, 0.25
 MS = "serving.zeroserve.io/v1alpha1/modelservices"
-SPEC = {"storageUri": "s3://models/iris/", "runtime": {"model": "iris"},
+SPEC = {"runtime": {"model": "iris"},
         "scaling": {"initialScale": 1, "stableWindow": "1s", "scaleToZeroGracePeriod": "500ms",
                     "target": 1},
         "queue": {"timeout": "30s"}}
+
+
+@contextlib.asynccontextmanager
+async def model_store(folder: Path) -> AsyncIterator[tuple[str, list[str]]]:
+    """An HTTP object store holding iris weights retrained to say "virginica" (2) for everything,
+    so an answer of 2 proves the replica loaded what storage-init fetched, not the shipped copy."""
+    with np.load(ROOT / "examples" / "iris" / "iris.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["bias"] = np.array([0.0, 0.0, 1000.0], dtype=arrays["bias"].dtype)
+    np.savez(folder / "iris.npz", **arrays)
+    data = (folder / "iris.npz").read_bytes()
+    gets: list[str] = []
+
+    async def weights(request: web.Request) -> web.Response:
+        if request.method == "GET":
+            gets.append(request.headers.get("Range", "all"))
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    app = web.Application()
+    app.router.add_get("/models/iris/iris.npz", weights)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/models/iris/iris.npz", gets
+    finally:
+        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager
@@ -73,8 +102,8 @@ async def infer(session: aiohttp.ClientSession, port: int) -> tuple[int, dict[st
                             json={"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32",
                                               "data": [6.8, 2.8, 4.8, 1.4]}]}) as r:
         body = await r.json()
-        if r.status == 200:  # iris answers: class 1 (versicolor) for these measurements
-            assert body["outputs"][0]["data"] == [1], body
+        if r.status == 200:  # the fetched weights answer 2 (the shipped ones would say 1)
+            assert body["outputs"][0]["data"] == [2], body
         return r.status, dict(r.headers), time.monotonic() - start
 
 
@@ -94,21 +123,23 @@ async def scale_to_zero_and_back(k8s: Harness, session: aiohttp.ClientSession, p
 
 
 async def test_scale_to_zero_from_zero_and_leader_failover(k8s: Harness, tmp_path: Path) -> None:
-    # The kubelet runs each pod's runtime container as the controller rendered it: the real
-    # `zeroserve serve --model iris` server, not a stand-in.
+    # The kubelet runs each pod's containers as the controller rendered them: `zeroserve
+    # storage-init` through the node cache, then the real `zeroserve serve --model iris` server.
     k8s.cluster.launcher = container_launcher(tmp_path / "pods")
     token = tmp_path / "token"
     token.write_text("stats-token\n")
     k8s.store.create("v1/configmaps", NS, {"metadata": {"name": "zeroserve-prefetch"},
                                            "data": {"uris": ""}})
     port_a, port_b = free_port(), free_port()
-    async with autoscaler_process(k8s, "autoscaler-a", port_a, token) as proc_a:
+    async with model_store(tmp_path) as (uri, downloads), \
+            autoscaler_process(k8s, "autoscaler-a", port_a, token) as proc_a:
+        spec = {**SPEC, "storageUri": uri}
         await eventually(lambda: holder(k8s) == "autoscaler-a", timeout_s=30, what="a to lead")
         async with autoscaler_process(k8s, "autoscaler-b", port_b, token):
             # The activator reports to b, a follower: b redirects it to the leader.
             async with activator(k8s, f"http://127.0.0.1:{port_b}", token) as act, \
                     aiohttp.ClientSession() as session:
-                k8s.apply_model("iris", SPEC)
+                k8s.apply_model("iris", spec)
                 await eventually(lambda: replicas(k8s) == 1, what="the deployment at initial scale")
                 await eventually(lambda: act.table.get("iris").ready, timeout_s=20, what="a ready pod")
                 status, _, _ = await infer(session, act.port)
@@ -129,7 +160,7 @@ async def test_scale_to_zero_from_zero_and_leader_failover(k8s: Harness, tmp_pat
                 status, _, _ = await infer(session, act.port)
                 assert status == 200
                 # A spec change reaches the Deployment through the new leader.
-                k8s.apply_model("iris", {**SPEC, "runtime": {"model": "iris", "env": [
+                k8s.apply_model("iris", {**spec, "runtime": {"model": "iris", "env": [
                     {"name": "LOG_LEVEL", "value": "debug"}]}})
                 await eventually(lambda: "LOG_LEVEL" in str(k8s.get("apps/v1/deployments", "iris")),
                                  what="the template patch")
@@ -149,6 +180,10 @@ async def test_scale_to_zero_from_zero_and_leader_failover(k8s: Harness, tmp_pat
                 if a.identity.startswith(component)}
         assert granted == used, (component, granted ^ used)
     prefetch = k8s.get("v1/configmaps", "zeroserve-prefetch") or {}
-    assert prefetch["data"]["uris"] == "s3://models/iris/\n"
+    assert prefetch["data"]["uris"] == uri + "\n"
+    # Every pod ran storage-init through the node's cache: one download served all its starts.
+    assert len(k8s.cluster.started_pods) >= 3
+    assert downloads == ["all"], downloads
+    assert len(list((tmp_path / "pods" / "node" / "var/cache/zeroserve/entries").iterdir())) == 1
     ms = k8s.get(MS, "iris") or {}
     assert ms["status"]["lastColdStartSeconds"] > 0
