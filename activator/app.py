@@ -95,7 +95,11 @@ class Activator:
     def _on_endpoints(self, model: str, endpoints: EndpointSet) -> None:
         gate = self.gates.get(model)
         if gate is not None:
+            was_cold = gate.cold_since is not None
             gate.update(endpoints)
+            if was_cold and gate.cold_since is None:
+                # Once per scale from zero that requests waited for, not once per response.
+                self.metrics.cold_starts.labels(model).inc()
 
     def inflight(self) -> int:
         return sum(load.inflight for load in self.tracker.models.values())
@@ -193,6 +197,12 @@ class Activator:
                 try:
                     upstream = await send(self.session, request.method, replica.url + url_path,
                                           headers, body, self.upstream_timeout_s)
+                    if upstream.status == 503 and retryable and attempts == 1 and \
+                            upstream.headers.get("Connection", "").lower() == "close":
+                        # A replica that is draining answers what was already on its way with
+                        # 503 + close: it refused the request, it did not fail it.
+                        upstream.release()
+                        raise UpstreamFailed(f"replica {replica.url} is shutting down")
                     break
                 except UpstreamFailed:
                     gate.fail(replica)
@@ -210,9 +220,7 @@ class Activator:
                     gate.release(replica)
                     raise
             try:
-                extra = self._cold_headers(model, gate, waited) if cold else None
-                if cold:
-                    self.metrics.cold_starts.labels(model).inc()
+                extra = self.cold_headers(model, gate, waited) if cold else None
                 response = await relay(request, upstream, extra)
                 code = str(upstream.status)
                 return response
@@ -231,7 +239,7 @@ class Activator:
             self.metrics.requests.labels(model, code).inc()
             self.metrics.duration.labels(model).observe(end - start)
 
-    def _cold_headers(self, model: str, gate: ModelGate, waited: float) -> dict[str, str]:
+    def cold_headers(self, model: str, gate: ModelGate, waited: float) -> dict[str, str]:
         timing = [f"queue;dur={waited * 1000:.1f}"]
         if gate.last_cold_start_s is not None:
             timing.append(f"cold-start;dur={gate.last_cold_start_s * 1000:.1f}")

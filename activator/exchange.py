@@ -318,8 +318,7 @@ class Exchange:
         if self.cold:
             act = self.client.fp.activator
             assert self.model is not None and self.gate is not None
-            act.metrics.cold_starts.labels(self.model).inc()
-            data = inject(data[:head_end], act._cold_headers(self.model, self.gate, self.waited_s)) + \
+            data = inject(data[:head_end], act.cold_headers(self.model, self.gate, self.waited_s)) + \
                 data[head_end:]
         self.client.write(data)
 
