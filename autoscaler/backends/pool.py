@@ -73,6 +73,10 @@ class PoolManager:
         port = self.free_port()
         env = dict(os.environ)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+        if "ZEROSERVE_PARK_BUDGET_BYTES" not in env:
+            # A quarter of the host's memory for parked weights, shared by the idle processes.
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            env["ZEROSERVE_PARK_BUDGET_BYTES"] = str(total // 4 // max(1, self.max_idle))
         argv = [self.python, "-m", "zeroserve", "serve", "--runtime", "hf", "--pool",
                 "--host", "127.0.0.1", "--port", str(port)]
         process = await asyncio.create_subprocess_exec(*argv, env=env, start_new_session=True,
