@@ -190,7 +190,7 @@ class FakeCluster:
         self.store.replace(POD, ns, name, {**pod, "metadata": meta}, check_rv=False)
 
     def _sync_pods(self, deploy: Obj) -> None:
-        ns, name = deploy["metadata"]["namespace"], deploy["metadata"]["name"]
+        ns = deploy["metadata"]["namespace"]
         want = int(deploy["spec"].get("replicas", 1))
         pods = self._owned_pods(deploy)
         for _ in range(want - len(pods)):
@@ -202,7 +202,6 @@ class FakeCluster:
                 return (1 if p["spec"].get("nodeName") else 0, 1 if _ready(p) else 0, -rv)
             for victim in sorted(pods, key=rank)[: len(pods) - want]:
                 self._terminate(victim)
-        del name
 
     def _new_pod(self, deploy: Obj) -> Obj:
         template = copy.deepcopy(deploy["spec"]["template"])
