@@ -473,6 +473,8 @@ def _parse_model_service(doc: Mapping[str, Any], errors: list[str], where: str,
     scaling = _parse_scaling(spec.child("scaling"))
     queue = _parse_queue(spec.child("queue"))
     hosts = spec.strings("hosts")
+    if runtime.kind == "hf" and not storage_uri:
+        errors.append(f"{spec.prefix}.storageUri: required for the hf runtime (the model directory)")
     ref_reader = spec.child("scaleTargetRef")
     ref = None
     if spec.has("scaleTargetRef"):

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -38,7 +39,6 @@ from zeroserve.spec import ModelService
 
 log = logging.getLogger(__name__)
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 PHASE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -79,7 +79,6 @@ class ModelState:
     last_phases: dict[str, float] = field(default_factory=dict)
     pending_reason: str | None = None
     last_used: float = 0.0
-    model_dir: Path | None = None
 
 
 class LocalBackend:
@@ -362,6 +361,8 @@ class LocalBackend:
         t0 = replica.started_at
         try:
             model_dir = await self._model_dir(state, replica)
+            if model_dir is None:
+                raise BackendError("the hf runtime needs spec.storageUri (a model directory)")
             t_fetched = self.clock()
             member = await self.pool.take(svc.name, replica.gpus)
             replica.pool_member = member
@@ -396,12 +397,12 @@ class LocalBackend:
         released.cancel()
         await self._on_exit(state, replica, failed=not replica.stopping)
 
-    async def _model_dir(self, state: ModelState, replica: ReplicaProc) -> Path:
+    async def _model_dir(self, state: ModelState, replica: ReplicaProc) -> Path | None:
+        """Where the replica finds its artifacts; None when the spec names none (a builtin model
+        then uses what it ships with)."""
         svc = state.svc
         if not svc.storage_uri:
-            if svc.runtime.model in ("iris",):
-                return EXAMPLES_DIR / "iris"
-            return self.work_dir
+            return None
         if svc.storage_uri.startswith(("file://", "pvc://")) and self.cache is None:
             return Path(svc.storage_uri.split("://", 1)[1])
         from runtime.storage import materialize
@@ -412,14 +413,19 @@ class LocalBackend:
                  "hit" if result.cache_hit else "miss", result.bytes, result.seconds)
         return dest
 
-    def _command(self, svc: ModelService, replica: ReplicaProc, model_dir: Path) -> list[str]:
+    def _command(self, svc: ModelService, replica: ReplicaProc, model_dir: Path | None) -> list[str]:
         rt = svc.runtime
+        if model_dir is None and (rt.kind == "command" or "{model_dir}" in " ".join(rt.args)):
+            model_dir = self.work_dir / replica.id     # an empty directory of its own
+            model_dir.mkdir(parents=True, exist_ok=True)
         values = {"port": str(replica.port), "model_dir": str(model_dir), "model_name": svc.name,
                   "host": "127.0.0.1"}
         if rt.kind == "command":
             return [part.format(**values) for part in (*rt.command, *rt.args)]
         argv = [self.python, "-m", "zeroserve", "serve", "--model-name", svc.name,
-                "--model-dir", str(model_dir), "--port", str(replica.port), "--host", "127.0.0.1"]
+                "--port", str(replica.port), "--host", "127.0.0.1"]
+        if model_dir is not None:
+            argv += ["--model-dir", str(model_dir)]
         if rt.kind == "hf":
             argv += ["--runtime", "hf"]
         else:
@@ -469,6 +475,8 @@ class LocalBackend:
         replica.ready = False
         if replica in state.replicas:
             state.replicas.remove(replica)
+        # The replica's links into the node cache (or its empty dir); the cache keeps the data.
+        shutil.rmtree(self.work_dir / replica.id, ignore_errors=True)
         if was_ready:
             self._publish(state)
         if failed and not self._closed and self.models.get(state.svc.name) is state:

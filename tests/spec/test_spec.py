@@ -135,3 +135,8 @@ def test_bad_storage_uri() -> None:
                      "spec: {storageUri: ftp://x/y, runtime: {model: iris}}")
     assert errors == ["spec.storageUri = ftp://x/y, must be a URI with a scheme among file, http, "
                       "https, s3, gs, az, hf, pvc"]
+
+
+def test_hf_runtime_needs_a_storage_uri() -> None:
+    assert _errors("kind: ModelService\nmetadata: {name: a}\nspec: {runtime: {kind: hf}}") == [
+        "spec.storageUri: required for the hf runtime (the model directory)"]
