@@ -33,7 +33,8 @@ from prometheus_client import CollectorRegistry
 
 from autoscaler.aggregation import Aggregator, StatSample
 from autoscaler.backends.base import EndpointCallback, EndpointSet
-from autoscaler.loop import Autoscaler, policy_config_from_spec
+from autoscaler.config import policy_config_from_spec
+from autoscaler.loop import Autoscaler
 from autoscaler.policy import Observation, PolicyState, decide, initial_state
 from zeroserve.spec import ModelService, ScalingSpec
 

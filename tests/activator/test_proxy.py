@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -22,6 +23,8 @@ from autoscaler.aggregation import StatSample
 from autoscaler.backends.base import Endpoint, EndpointSet
 from tests.conftest import free_port
 from zeroserve.spec import parse_specs
+
+Stack = dict[str, Any]
 
 SPEC = """
 kind: ModelService
@@ -152,7 +155,7 @@ def _warm(stack: dict[str, object], model: str = "m", n: int = 1) -> None:
     act.table.update(model, EndpointSet(model, tuple(eps[:n]), version=len(act.table.sets) + 1))
 
 
-async def test_warm_request_is_forwarded(stack: dict) -> None:
+async def test_warm_request_is_forwarded(stack: Stack) -> None:
     _warm(stack)
     async with stack["client"].post("/v1/models/m:predict?x=1", data=b'{"instances": [1]}') as r:
         assert r.status == 200
@@ -163,7 +166,7 @@ async def test_warm_request_is_forwarded(stack: dict) -> None:
     assert stack["sink"].pokes == []
 
 
-async def test_cold_request_waits_pokes_and_is_marked(stack: dict) -> None:
+async def test_cold_request_waits_pokes_and_is_marked(stack: Stack) -> None:
     client = stack["client"]
     task = asyncio.create_task(client.get("/v2/models/m/ready"))
     await asyncio.wait_for(stack["sink"].poked.wait(), 2)
@@ -178,7 +181,7 @@ async def test_cold_request_waits_pokes_and_is_marked(stack: dict) -> None:
     resp.release()
 
 
-async def test_unknown_model_is_404_json_in_protocol_shape(stack: dict) -> None:
+async def test_unknown_model_is_404_json_in_protocol_shape(stack: Stack) -> None:
     async with stack["client"].post("/v2/models/nope/infer", json={}) as r:
         assert r.status == 404
         assert "nope" in (await r.json())["error"]
@@ -188,7 +191,7 @@ async def test_unknown_model_is_404_json_in_protocol_shape(stack: dict) -> None:
         assert err["code"] == "model_not_found" and "nope" in err["message"]
 
 
-async def test_openai_body_and_host_routing(stack: dict) -> None:
+async def test_openai_body_and_host_routing(stack: Stack) -> None:
     _warm(stack, "llm")
     _warm(stack, "m")
     async with stack["client"].post("/v1/completions",
@@ -206,7 +209,7 @@ async def test_openai_body_and_host_routing(stack: dict) -> None:
         assert ids == ["llm", "m"]
 
 
-async def test_queue_full_and_timeout_are_503_with_retry_after(stack: dict) -> None:
+async def test_queue_full_and_timeout_are_503_with_retry_after(stack: Stack) -> None:
     client = stack["client"]
     waiting = [asyncio.create_task(client.get("/v2/models/m/ready")) for _ in range(3)]
     await asyncio.sleep(0.2)
@@ -221,7 +224,7 @@ async def test_queue_full_and_timeout_are_503_with_retry_after(stack: dict) -> N
     assert stack["activator"].gates["m"].queued == 0
 
 
-async def test_client_disconnect_while_queued_dequeues(stack: dict) -> None:
+async def test_client_disconnect_while_queued_dequeues(stack: Stack) -> None:
     task = asyncio.create_task(stack["client"].get("/v2/models/m/ready"))
     await asyncio.wait_for(stack["sink"].poked.wait(), 2)
     assert stack["activator"].gates["m"].queued == 1
@@ -233,7 +236,7 @@ async def test_client_disconnect_while_queued_dequeues(stack: dict) -> None:
     assert stack["activator"].gates["m"].queued == 0
 
 
-async def test_client_disconnect_cancels_upstream_request(stack: dict) -> None:
+async def test_client_disconnect_cancels_upstream_request(stack: Stack) -> None:
     up = stack["ups"][0]
     up.slow_s = 5
     _warm(stack)
@@ -247,7 +250,7 @@ async def test_client_disconnect_cancels_upstream_request(stack: dict) -> None:
     assert up.cancelled == 1
 
 
-async def test_refused_replica_is_retried_on_another(stack: dict) -> None:
+async def test_refused_replica_is_retried_on_another(stack: Stack) -> None:
     stack["ups"][0].reset = True
     _warm(stack, n=2)
     for _ in range(6):  # p2c picks either; every request must land on "b"
@@ -256,7 +259,7 @@ async def test_refused_replica_is_retried_on_another(stack: dict) -> None:
             assert (await r.json())["replica"] == "b"
 
 
-async def test_refused_only_replica_gives_502_after_retry_waits(stack: dict) -> None:
+async def test_refused_only_replica_gives_502_after_retry_waits(stack: Stack) -> None:
     stack["ups"][0].reset = True
     _warm(stack, n=1)
     task = asyncio.create_task(stack["client"].post("/v1/models/m:predict", data=b"{}"))
@@ -271,20 +274,20 @@ async def test_refused_only_replica_gives_502_after_retry_waits(stack: dict) -> 
     resp.release()
 
 
-async def test_slow_replica_gives_504(stack: dict) -> None:
+async def test_slow_replica_gives_504(stack: Stack) -> None:
     stack["ups"][0].slow_s = 3
     _warm(stack)
     async with stack["client"].post("/v1/models/m:predict", data=b"{}") as r:
         assert r.status == 504
 
 
-async def test_body_over_limit_is_413(stack: dict) -> None:
+async def test_body_over_limit_is_413(stack: Stack) -> None:
     _warm(stack)
     async with stack["client"].post("/v1/models/m:predict", data=b"x" * (2 << 20)) as r:
         assert r.status == 413
 
 
-async def test_sse_stream_is_not_buffered(stack: dict) -> None:
+async def test_sse_stream_is_not_buffered(stack: Stack) -> None:
     up = stack["ups"][0]
     _warm(stack)
     events = 0
@@ -299,7 +302,7 @@ async def test_sse_stream_is_not_buffered(stack: dict) -> None:
     assert events == 1000  # 1..999 and [DONE]
 
 
-async def test_load_is_reported_time_weighted(stack: dict) -> None:
+async def test_load_is_reported_time_weighted(stack: Stack) -> None:
     up = stack["ups"][0]
     up.slow_s = 0.3
     _warm(stack)

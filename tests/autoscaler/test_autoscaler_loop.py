@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from recording_backend import RecordingBackend
 
 from autoscaler.aggregation import StatSample
-from autoscaler.loop import Autoscaler, HistogramPolicy, policy_config_from_spec
+from autoscaler.config import policy_config_from_spec
+from autoscaler.loop import Autoscaler, HistogramPolicy
 from autoscaler.policy import PolicyConfig
 from zeroserve.spec import ModelService, ScalingSpec
 

@@ -15,6 +15,8 @@ from autoscaler.backends.base import EndpointSet
 from autoscaler.backends.local import LocalBackend
 from zeroserve.spec import parse_specs
 
+Started = tuple[LocalBackend, "Recorder"]
+
 SPEC = """
 kind: ModelService
 metadata: {name: iris}
@@ -62,7 +64,7 @@ def _alive(pid: int) -> bool:
         return f.read().split()[2] != "Z"
 
 
-async def test_scale_up_serves_and_scale_down_unpublishes_before_stopping(backend: tuple) -> None:
+async def test_scale_up_serves_and_scale_down_unpublishes_before_stopping(backend: Started) -> None:
     b, rec = backend
     await b.scale("iris", 1)
     eps = await rec.wait(lambda s: len(s.ready) == 1)
@@ -89,7 +91,7 @@ async def test_scale_up_serves_and_scale_down_unpublishes_before_stopping(backen
     assert pid_alive_when_unpublished[0] is True
 
 
-async def test_a_replica_that_dies_is_replaced(backend: tuple) -> None:
+async def test_a_replica_that_dies_is_replaced(backend: Started) -> None:
     b, rec = backend
     await b.scale("iris", 1)
     await rec.wait(lambda s: len(s.ready) == 1)
@@ -117,7 +119,7 @@ async def test_a_crashing_command_backs_off_instead_of_looping(registry: Collect
         await b.close()
 
 
-async def test_unknown_model_is_an_error(backend: tuple) -> None:
+async def test_unknown_model_is_an_error(backend: Started) -> None:
     b, _ = backend
     from autoscaler.backends.base import BackendError
 

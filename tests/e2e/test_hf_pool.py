@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -46,7 +47,7 @@ spec:
     await stack.stop()
 
 
-async def _wait_pool(stack: Stack, predicate: object, timeout_s: float) -> list[dict]:
+async def _wait_pool(stack: Stack, predicate: object, timeout_s: float) -> list[dict[str, Any]]:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         pool = stack.backend.pool_status()

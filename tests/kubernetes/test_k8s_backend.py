@@ -56,7 +56,7 @@ async def test_model_service_becomes_a_serving_deployment(k8s: Harness) -> None:
         assert seen and seen[-1].ready == (ep,)
         assert k8s.get("v1/services", "iris") is not None
         await eventually(lambda: condition(k8s.get(MS, "iris"), "Ready").get("reason") == "Serving")
-        assert k8s.get(MS, "iris")["status"]["readyReplicas"] == 1  # type: ignore[index]
+        assert k8s.get(MS, "iris")["status"]["readyReplicas"] == 1
 
 
 async def test_scale_to_zero_and_back_records_a_cold_start(k8s: Harness) -> None:
@@ -71,7 +71,7 @@ async def test_scale_to_zero_and_back_records_a_cold_start(k8s: Harness) -> None
         await b.scale("iris", 1)  # the same count again is not another write
         await eventually(lambda: b.ready_replicas("iris") == 1)
         status = await eventually(lambda: (k8s.get(MS, "iris") or {}).get("status", {}).get(
-            "lastColdStartSeconds") and k8s.get(MS, "iris")["status"])  # type: ignore[index]
+            "lastColdStartSeconds") and k8s.get(MS, "iris")["status"])
         assert 0 < status["lastColdStartSeconds"] < 10
         writes = [(w.identity, w.replicas) for w in k8s.emu.scale_writes() if w.subresource == "scale"]
         assert writes == [("autoscaler-a", 0), ("autoscaler-a", 1)]
@@ -153,7 +153,7 @@ async def test_adopts_an_existing_deployment_through_scale_target_ref(k8s: Harne
         k8s.apply_model("adopted", {"runtime": {"kind": "command", "image": "legacy:1"},
                                     "scaleTargetRef": {"name": "legacy"}})
         await eventually(lambda: k8s.get("v1/services", "adopted"), what="the model's Service")
-        assert k8s.get("v1/services", "adopted")["spec"]["selector"] == {"app": "legacy"}  # type: ignore[index]
+        assert k8s.get("v1/services", "adopted")["spec"]["selector"] == {"app": "legacy"}
         await b.scale("adopted", 1)
         await eventually(lambda: b.ready_replicas("adopted") == 1)
         assert k8s.get(DEPLOY, "adopted") is None
@@ -168,9 +168,9 @@ async def test_spec_change_patches_the_template_but_never_replicas(k8s: Harness)
         await b.scale("iris", 2)
         k8s.apply_model("iris", {"runtime": {"model": "iris", "env": [{"name": "X", "value": "1"}]},
                                  "scaling": {"initialScale": 0}})
-        await eventually(lambda: any(e.get("name") == "X" for e in k8s.get(DEPLOY, "iris")[  # type: ignore[index]
+        await eventually(lambda: any(e.get("name") == "X" for e in k8s.get(DEPLOY, "iris")[
             "spec"]["template"]["spec"]["containers"][0]["env"]), what="the template update")
-        assert k8s.get(DEPLOY, "iris")["spec"]["replicas"] == 2  # type: ignore[index]
+        assert k8s.get(DEPLOY, "iris")["spec"]["replicas"] == 2
         patches = [w for w in k8s.emu.writes if w.resource == DEPLOY and w.subresource == ""
                    and w.verb == "patch"]
         assert patches and all(w.replicas is None for w in patches)

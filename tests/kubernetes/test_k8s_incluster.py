@@ -8,6 +8,7 @@ import ipaddress
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -19,7 +20,8 @@ from emulator import ApiEmulator
 from k8s_harness import NS
 
 from activator.discovery import ApiServer, _Watch
-from autoscaler.backends.kubernetes import KubeApi, KubeError, configuration
+from autoscaler.backends.k8s_watch import KubeError
+from autoscaler.backends.kubernetes import KubeApi, configuration
 
 MS_PATH = f"/apis/serving.zeroserve.io/v1alpha1/namespaces/{NS}/modelservices"
 
@@ -78,7 +80,7 @@ async def test_the_activator_client_uses_the_service_account(
         tls_emulator: tuple[ApiEmulator, Path]) -> None:
     emu, sa = tls_emulator
     (sa / "token").write_text("activator-in-cluster")
-    seen: list[dict[str, object]] = []
+    seen: list[dict[str, dict[str, Any]]] = []
     async with aiohttp.ClientSession() as session:
         watch = _Watch(session, ApiServer.in_cluster(sa), MS_PATH, seen.append)
         assert int(await watch._list()) > 0
