@@ -79,6 +79,7 @@ class ModelState:
     last_phases: dict[str, float] = field(default_factory=dict)
     pending_reason: str | None = None
     last_used: float = 0.0
+    last_load_source: str | None = None     # pooled replicas: "disk" or "parked"
 
 
 class LocalBackend:
@@ -199,6 +200,7 @@ class LocalBackend:
                              for r in st.replicas],
                 "pending": st.pending_reason,
                 "last_cold_start": st.last_phases,
+                "last_load_source": st.last_load_source,
             }
         return out
 
@@ -381,7 +383,7 @@ class LocalBackend:
         replica.phases = {"schedule": 0.0, "fetch": t_fetched - t0, "start": t_taken - t_fetched,
                           "load": t_ready - t_taken}
         state.last_phases = {k: round(v, 4) for k, v in replica.phases.items()}
-        state.last_phases["load_source_" + result.source] = 1.0
+        state.last_load_source = result.source
         for phase, seconds in replica.phases.items():
             self.cold_start_seconds.labels(svc.name, phase).observe(seconds)
         log.info("pooled replica ready model=%s replica=%s in %.3fs (from %s, %.1f GB/s)", svc.name,
@@ -390,12 +392,32 @@ class LocalBackend:
         state.crashes = 0
         state.last_used = self.clock()
         self._publish(state)
+        watcher = asyncio.create_task(self._first_token(state, replica, member.port))
         exited = asyncio.create_task(member.process.wait())
         released = asyncio.create_task(replica.released.wait())
         await asyncio.wait([exited, released], return_when=asyncio.FIRST_COMPLETED)
-        exited.cancel()
-        released.cancel()
+        for task in (exited, released, watcher):
+            task.cancel()
         await self._on_exit(state, replica, failed=not replica.stopping)
+
+    async def _first_token(self, state: ModelState, replica: ReplicaProc, port: int) -> None:
+        """The last cold-start phase: the first request's time to its first token, which the pool
+        process measures; read it once it exists (the cold request is usually already waiting)."""
+        from runtime import pool as client
+
+        delay, deadline = 0.05, self.clock() + 60.0
+        while replica.ready and self.clock() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(1.0, delay * 1.5)
+            try:
+                last = (await client.status("127.0.0.1", port)).raw.get("last_load") or {}
+            except client.PoolError:
+                return
+            seconds = last.get("first_token_s")
+            if isinstance(seconds, int | float):
+                state.last_phases["first_token"] = round(float(seconds), 4)
+                self.cold_start_seconds.labels(state.svc.name, "first_token").observe(seconds)
+                return
 
     async def _model_dir(self, state: ModelState, replica: ReplicaProc) -> Path | None:
         """Where the replica finds its artifacts; None when the spec names none (a builtin model

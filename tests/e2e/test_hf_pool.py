@@ -75,6 +75,14 @@ async def test_cold_start_uses_a_warm_pool_process_and_replaces_it(stack: Stack)
     assert [x["id"] for x in busy] == [warm_id]          # the warm one served the cold start
     assert busy[0]["model"] == "llama"
     await _wait_pool(stack, lambda p: any(x["state"] in ("warming", "idle") for x in p), 10)
+    # Every cold-start phase, the first token included, is timed and exported.
+    deadline = asyncio.get_running_loop().time() + 10
+    while "first_token" not in stack.backend.last_phases("llama"):
+        assert asyncio.get_running_loop().time() < deadline, stack.backend.last_phases("llama")
+        await asyncio.sleep(0.1)
+    assert set(stack.backend.last_phases("llama")) == {"schedule", "fetch", "start", "load",
+                                                        "first_token"}
+    assert stack.backend.status()["llama"]["last_load_source"] == "disk"
 
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused")
     chunks = [c async for c in await client.chat.completions.create(
