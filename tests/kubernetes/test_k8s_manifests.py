@@ -118,7 +118,8 @@ def _apply_defaults(schema: dict[str, Any], value: Any) -> Any:
 @pytest.mark.parametrize("spec", [
     {"runtime": {"model": "iris"}},
     {"runtime": {"kind": "command", "image": "x"}, "scaling": {"metric": "rps"}},
-    {"runtime": {"kind": "hf"}, "scaling": {"containerConcurrency": 4}},
+    {"storageUri": "s3://models/llama/", "runtime": {"kind": "hf"},
+     "scaling": {"containerConcurrency": 4}},
 ])
 def test_crd_defaults_agree_with_the_parser(spec: dict[str, Any]) -> None:
     schema = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
