@@ -248,11 +248,6 @@ class Activator:
             timing.append(f"{phase};dur={seconds * 1000:.1f}")
         return {"X-Zeroserve-Cold-Start": "true", "Server-Timing": ", ".join(timing)}
 
-    def _model_list(self) -> web.Response:
-        local = self.local_endpoint("GET", "/v1/models")
-        assert local is not None
-        return web.Response(body=local[1], content_type="application/json")
-
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def drain(self, grace_s: float) -> None:

@@ -48,27 +48,10 @@ class UpConfig:
     workers: int = 1              # activator processes sharing the port (SO_REUSEPORT)
 
 
-class _Sink:
-    """The activator's LoadSink, in-process: straight calls into the autoscaler."""
-
-    def __init__(self, autoscaler: Autoscaler, backend: LocalBackend) -> None:
-        self.autoscaler = autoscaler
-        self.backend = backend
-
-    def report(self, samples: list[StatSample]) -> None:
-        self.autoscaler.ingest(samples)
-        for s in samples:
-            if s.avg_concurrency > 0 or s.requests > 0:
-                self.backend.touch(s.model)
-
-    def poke(self, model: str) -> None:
-        self.autoscaler.poke(model)
-        self.backend.kick(model)
-
-
 class _Target:
-    """What worker processes' load reports and pokes reach (autoscaler.api's stats routes):
-    the autoscaler, plus the backend's view of demand for GPU placement."""
+    """Where every activator's load reports and pokes go: the main one's by direct calls (it is
+    that activator's LoadSink), the workers' through autoscaler.api's stats routes. It feeds the
+    autoscaler and tells the backend about demand, for GPU placement."""
 
     def __init__(self, autoscaler: Autoscaler, backend: LocalBackend) -> None:
         self.autoscaler = autoscaler
@@ -88,12 +71,16 @@ class _Target:
             if s.queued:
                 self.backend.kick(s.model)
 
+    def report(self, samples: list[StatSample]) -> None:
+        self.ingest(samples)
+
     def poke(self, model: str) -> None:
         self.autoscaler.poke(model)
         self.backend.kick(model)
 
-    def remote_queued(self, model: str) -> int:
-        return sum(self.queued.get(model, {}).values())
+    def queued_elsewhere(self, model: str, here: str) -> int:
+        """Requests other activators reported queued for `model` (`here` counts live)."""
+        return sum(n for a, n in self.queued.get(model, {}).items() if a != here)
 
 
 def _gpu_inventory() -> Any | None:
@@ -133,10 +120,10 @@ class Stack:
                                     cache=_node_cache(config.cache_dir))
         tick_s = min((s.scaling.tick_s for s in self.services), default=2.0)
         self.autoscaler = Autoscaler(self.backend, registry=self.registry, tick_s=tick_s)
-        self.activator = Activator(self.services, _Sink(self.autoscaler, self.backend),
+        self.target = _Target(self.autoscaler, self.backend)
+        self.activator = Activator(self.services, self.target,
                                    registry=self.registry, phases=self.backend.last_phases)
         self.backend.subscribe(self.activator.table.update)
-        self.target = _Target(self.autoscaler, self.backend)
         self._watchers: set[asyncio.Queue[EndpointSet | None]] = set()
         self.backend.subscribe(self._fan_out)
         self._workers: list[asyncio.subprocess.Process] = []
@@ -150,7 +137,7 @@ class Stack:
         load = self.activator.tracker.models.get(model)
         gate = self.activator.gates.get(model)
         local = (load.inflight if load else 0) + (gate.queued if gate else 0)
-        return local + self.target.remote_queued(model)
+        return local + self.target.queued_elsewhere(model, self.activator.activator_id)
 
     def _fan_out(self, model: str, endpoints: EndpointSet) -> None:
         for queue in self._watchers:
