@@ -127,20 +127,23 @@ class FakeCluster:
         self.started_pods: list[str] = []  # pod names, in start order
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        # Python 3.11's wait_for can swallow a cancel that lands as its awaitable completes, so
+        # every loop also checks this flag; otherwise close() could wait on a loop forever.
+        self._closing = False
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1))
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        tasks = list(self.kubelets.values())
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._closing = True
+        pending = {t for t in [self._task, *self.kubelets.values()] if t is not None}
+        while pending:  # cancelled again until done: one cancel may be swallowed (see __init__)
+            for t in pending:
+                t.cancel()
+            done, pending = await asyncio.wait(pending, timeout=1.0)
+            for t in done:  # retrieved, so a kubelet's failure is not logged as never retrieved
+                _ = t.cancelled() or t.exception()
         if self._session is not None:
             await self._session.close()
 
@@ -149,7 +152,7 @@ class FakeCluster:
         self.store.changed.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.store.changed.wait(), 0.5)
             self.store.changed.clear()
@@ -266,7 +269,7 @@ class FakeCluster:
         """Init containers in order, each to a zero exit; a failure is retried, as the kubelet does."""
         names = [c["name"] for c in pod["spec"].get("initContainers") or []]
         step = 0
-        while step < len(launch.init):
+        while step < len(launch.init) and not self._closing:
             argv, env = launch.init[step]
             proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.DEVNULL)
             try:
@@ -289,6 +292,8 @@ class FakeCluster:
         url = f"http://127.0.0.1:{port}{probe.get('path', '/')}"
         scheduled = {"type": "PodScheduled", "status": "True"}
         await self._run_init(pod, launch)
+        if self._closing:
+            return
         self._set_status(pod, initContainerStatuses=[])
         proc = await asyncio.create_subprocess_exec(*launch.argv, env=launch.env,
                                                     stdout=asyncio.subprocess.DEVNULL)
@@ -297,7 +302,7 @@ class FakeCluster:
                              conditions=[scheduled, {"type": "Ready", "status": "False"}])
             ready = False
             assert self._session is not None
-            while proc.returncode is None:
+            while proc.returncode is None and not self._closing:
                 current = self.store.get(POD, pod["metadata"]["namespace"], pod["metadata"]["name"])
                 if current is not None and current["metadata"].get("deletionTimestamp"):
                     await self._stop_gracefully(current, proc)
