@@ -161,7 +161,8 @@ async def test_not_ready_while_loading(tmp_path_factory: pytest.TempPathFactory)
         assert server.status("/v1/models/tiny-llm") == 200
         async with aiohttp.ClientSession() as s, s.get(server.url + "/v2/models/tiny-llm/stats") as r:
             startup = (await r.json())["startup"]
-        assert startup["load_s"] >= 1.5
+        # Wall-clock stamps, and the event loop may fire a timer up to its clock resolution early.
+        assert 1.49 <= startup["load_s"] < 5
     finally:
         assert server.stop() == 0
 
