@@ -19,6 +19,9 @@ from typing import Any, Literal, cast
 
 import yaml
 
+from zeroserve.spec_fields import FieldReader, show
+from zeroserve.spec_migration import annotations_to_scaling, inference_service_to_model_service
+
 API_VERSION = "serving.zeroserve.io/v1alpha1"
 KIND = "ModelService"
 
@@ -28,13 +31,6 @@ Metric = Literal["concurrency", "rps"]
 PolicyName = Literal["kpa", "histogram"]
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T|k)?B?\s*$")
-_SIZE_UNITS = {
-    None: 1, "K": 1000, "k": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
-    "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4,
-}
-_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 STORAGE_SCHEMES = ("file", "http", "https", "s3", "gs", "az", "hf", "pvc")
 
 
@@ -121,202 +117,10 @@ class ModelService:
         return self.name
 
 
-# --- parsing helpers -------------------------------------------------------------------------
-
-
-class _Reader:
-    """Reads typed fields out of a mapping, recording one error per bad field."""
-
-    def __init__(self, errors: list[str], prefix: str, data: Any) -> None:
-        self.errors = errors
-        self.prefix = prefix
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            errors.append(f"{prefix} = {_show(data)}, must be a mapping")
-            data = {}
-        self.data: Mapping[str, Any] = data
-        self.used: set[str] = set()
-
-    def path(self, key: str) -> str:
-        return f"{self.prefix}.{key}" if self.prefix else key
-
-    def fail(self, key: str, value: Any, rule: str) -> None:
-        self.errors.append(f"{self.path(key)} = {_show(value)}, {rule}")
-
-    def raw(self, key: str) -> Any:
-        self.used.add(key)
-        return self.data.get(key)
-
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def child(self, key: str) -> _Reader:
-        return _Reader(self.errors, self.path(key), self.raw(key))
-
-    def string(self, key: str, default: str | None = None) -> str | None:
-        value = self.raw(key)
-        if value is None:
-            return default
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            self.fail(key, value, "must be a string")
-            return default
-        return str(value)
-
-    def choice(self, key: str, options: tuple[str, ...], default: str) -> str:
-        value = self.string(key, default)
-        if value not in options:
-            self.fail(key, value, "must be one of " + ", ".join(options))
-            return default
-        return value
-
-    def number(self, key: str, default: float, *, gt: float | None = None, ge: float | None = None,
-               le: float | None = None) -> float:
-        value = self.raw(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            try:
-                value = float(str(value))
-            except ValueError:
-                self.fail(key, value, "must be a number")
-                return default
-        return self._bounded(key, float(value), default, gt=gt, ge=ge, le=le)
-
-    def integer(self, key: str, default: int, *, ge: int | None = None, gt: int | None = None) -> int:
-        value = self.raw(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-                value = int(value)
-            else:
-                self.fail(key, value, "must be an integer")
-                return default
-        return int(self._bounded(key, value, default, gt=gt, ge=ge, le=None))
-
-    def duration(self, key: str, default: float, *, gt: float | None = None,
-                 ge: float | None = 0.0) -> float:
-        value = self.raw(key)
-        if value is None:
-            return default
-        seconds = parse_duration(value)
-        if seconds is None:
-            self.fail(key, value, "must be a duration like 30s, 500ms, 5m or a number of seconds")
-            return default
-        return self._bounded(key, seconds, default, gt=gt, ge=ge, le=None)
-
-    def size(self, key: str, default: int) -> int:
-        value = self.raw(key)
-        if value is None:
-            return default
-        size = parse_size(value)
-        if size is None:
-            self.fail(key, value, "must be a size like 100Mi, 2Gi or a number of bytes")
-            return default
-        return size
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.raw(key)
-        if value is None:
-            return default
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        self.fail(key, value, "must be true or false")
-        return default
-
-    def strings(self, key: str) -> tuple[str, ...]:
-        value = self.raw(key)
-        if value is None:
-            return ()
-        if isinstance(value, str):
-            return (value,)
-        if not isinstance(value, list) or not all(isinstance(v, str | int | float) for v in value):
-            self.fail(key, value, "must be a list of strings")
-            return ()
-        return tuple(str(v) for v in value)
-
-    def mapping(self, key: str) -> dict[str, str]:
-        value = self.raw(key)
-        if value is None:
-            return {}
-        if isinstance(value, list):  # Kubernetes style: [{name, value}]
-            out: dict[str, str] = {}
-            for item in value:
-                if not isinstance(item, Mapping) or "name" not in item:
-                    self.fail(key, value, "must be a mapping or a list of {name, value}")
-                    return {}
-                out[str(item["name"])] = str(item.get("value", ""))
-            return out
-        if not isinstance(value, Mapping):
-            self.fail(key, value, "must be a mapping of strings")
-            return {}
-        return {str(k): str(v) for k, v in value.items()}
-
-    def _bounded(self, key: str, value: float, default: float, *, gt: float | None,
-                 ge: float | None, le: float | None) -> float:
-        if gt is not None and not value > gt:
-            self.fail(key, value, f"must be > {_num(gt)}")
-            return default
-        if ge is not None and not value >= ge:
-            self.fail(key, value, f"must be >= {_num(ge)}")
-            return default
-        if le is not None and not value <= le:
-            self.fail(key, value, f"must be <= {_num(le)}")
-            return default
-        return value
-
-    def unknown(self) -> None:
-        for key in self.data:
-            if key not in self.used:
-                self.errors.append(f"{self.path(str(key))}: unknown field")
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, float):
-        return _num(value)
-    if isinstance(value, str):
-        return value if value else '""'
-    return repr(value) if not isinstance(value, int | bool) else str(value).lower()
-
-
-def parse_duration(value: Any) -> float | None:
-    """Seconds from `30s`, `500ms`, `5m`, `1h` or a plain number; None when unparsable."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    if not isinstance(value, str):
-        return None
-    m = _DURATION_RE.match(value)
-    if m is None:
-        return None
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-
-
-def parse_size(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if not isinstance(value, str):
-        return None
-    m = _SIZE_RE.match(value)
-    if m is None:
-        return None
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
-
-
 # --- the ModelService ------------------------------------------------------------------------
 
 
-def _parse_runtime(r: _Reader) -> RuntimeSpec:
+def _parse_runtime(r: FieldReader) -> RuntimeSpec:
     d = RuntimeSpec()
     command = r.strings("command")
     model = r.string("model")
@@ -352,7 +156,7 @@ def _parse_runtime(r: _Reader) -> RuntimeSpec:
     return runtime
 
 
-def _parse_scaling(r: _Reader) -> ScalingSpec:
+def _parse_scaling(r: FieldReader) -> ScalingSpec:
     d = ScalingSpec()
     metric = cast(Metric, r.choice("metric", ("concurrency", "rps"), d.metric))
     target_default = 100.0 if metric == "concurrency" else 200.0
@@ -399,7 +203,7 @@ def _replace(s: ScalingSpec, **changes: Any) -> ScalingSpec:
     return replace(s, **changes)
 
 
-def _parse_queue(r: _Reader) -> QueueSpec:
+def _parse_queue(r: FieldReader) -> QueueSpec:
     d = QueueSpec()
     q = QueueSpec(
         max_queued=r.integer("maxQueued", d.max_queued, ge=0),
@@ -410,7 +214,7 @@ def _parse_queue(r: _Reader) -> QueueSpec:
     return q
 
 
-def _check_storage_uri(r: _Reader, uri: str | None) -> None:
+def _check_storage_uri(r: FieldReader, uri: str | None) -> None:
     if uri is None:
         return
     scheme, sep, rest = uri.partition("://")
@@ -418,40 +222,11 @@ def _check_storage_uri(r: _Reader, uri: str | None) -> None:
         r.fail("storageUri", uri, "must be a URI with a scheme among " + ", ".join(STORAGE_SCHEMES))
 
 
-_KNATIVE_ANNOTATIONS: dict[str, str] = {
-    "autoscaling.knative.dev/target": "target",
-    "autoscaling.knative.dev/min-scale": "minReplicas",
-    "autoscaling.knative.dev/minScale": "minReplicas",
-    "autoscaling.knative.dev/max-scale": "maxReplicas",
-    "autoscaling.knative.dev/maxScale": "maxReplicas",
-    "autoscaling.knative.dev/metric": "metric",
-    "autoscaling.knative.dev/window": "stableWindow",
-    "autoscaling.knative.dev/panic-window-percentage": "panicWindowPercent",
-    "autoscaling.knative.dev/panic-threshold-percentage": "panicThresholdPercent",
-    "autoscaling.knative.dev/scale-down-delay": "scaleDownDelay",
-    "autoscaling.knative.dev/initial-scale": "initialScale",
-    "autoscaling.knative.dev/activation-scale": "activationScale",
-    "autoscaling.knative.dev/target-burst-capacity": "targetBurstCapacity",
-    "autoscaling.knative.dev/target-utilization-percentage": "targetUtilizationPercent",
-    "autoscaling.knative.dev/scale-to-zero-pod-retention-period": "scaleToZeroPodRetentionPeriod",
-}
-
-
-def _annotations_to_scaling(meta: Mapping[str, Any], scaling: dict[str, Any]) -> dict[str, Any]:
-    annotations = meta.get("annotations") or {}
-    if not isinstance(annotations, Mapping):
-        return scaling
-    merged = dict(scaling)
-    for key, field_name in _KNATIVE_ANNOTATIONS.items():
-        if key in annotations and field_name not in merged:
-            merged[field_name] = annotations[key]
-    return merged
-
 
 def _parse_model_service(doc: Mapping[str, Any], errors: list[str], where: str,
                          source: Path | None) -> ModelService | None:
     before = len(errors)
-    meta = _Reader(errors, f"{where}metadata", doc.get("metadata"))
+    meta = FieldReader(errors, f"{where}metadata", doc.get("metadata"))
     name = meta.string("name")
     namespace = meta.string("namespace", "default") or "default"
     labels = meta.mapping("labels")
@@ -462,11 +237,11 @@ def _parse_model_service(doc: Mapping[str, Any], errors: list[str], where: str,
         meta.fail("name", name, "must be a DNS label (lowercase letters, digits, '-', '.')")
     spec_raw = doc.get("spec") or {}
     if not isinstance(spec_raw, Mapping):
-        errors.append(f"{where}spec = {_show(spec_raw)}, must be a mapping")
+        errors.append(f"{where}spec = {show(spec_raw)}, must be a mapping")
         return None
     spec_raw = dict(spec_raw)
-    spec_raw["scaling"] = _annotations_to_scaling(meta.data, dict(spec_raw.get("scaling") or {}))
-    spec = _Reader(errors, f"{where}spec", spec_raw)
+    spec_raw["scaling"] = annotations_to_scaling(meta.data, dict(spec_raw.get("scaling") or {}))
+    spec = FieldReader(errors, f"{where}spec", spec_raw)
     storage_uri = spec.string("storageUri")
     _check_storage_uri(spec, storage_uri)
     runtime = _parse_runtime(spec.child("runtime"))
@@ -493,42 +268,6 @@ def _parse_model_service(doc: Mapping[str, Any], errors: list[str], where: str,
                         labels=labels, source_path=source)
 
 
-def _inference_service_to_model_service(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """A KServe InferenceService, mapped onto the fields a ModelService has."""
-    spec = doc.get("spec") or {}
-    predictor = spec.get("predictor") or {} if isinstance(spec, Mapping) else {}
-    if not isinstance(predictor, Mapping):
-        predictor = {}
-    model = predictor.get("model") or {}
-    for key in ("sklearn", "pytorch", "tensorflow", "onnx", "triton", "xgboost", "huggingface"):
-        if key in predictor and not model:
-            model = predictor[key]
-    if not isinstance(model, Mapping):
-        model = {}
-    scaling: dict[str, Any] = {}
-    for src, dst in (("minReplicas", "minReplicas"), ("maxReplicas", "maxReplicas"),
-                     ("containerConcurrency", "containerConcurrency"), ("scaleTarget", "target")):
-        if src in predictor:
-            scaling[dst] = predictor[src]
-    metric = predictor.get("scaleMetric")
-    if metric is not None:
-        scaling["metric"] = "rps" if str(metric).lower() == "rps" else "concurrency"
-    runtime: dict[str, Any] = {"kind": "command", "protocol": "v2"}
-    if model.get("image"):
-        runtime["image"] = model["image"]
-    if model.get("protocolVersion") == "v1":
-        runtime["protocol"] = "v1"
-        runtime["readinessPath"] = "/v1/models/" + str((doc.get("metadata") or {}).get("name", ""))
-    if model.get("command"):
-        runtime["command"] = model["command"]
-    if model.get("args"):
-        runtime["args"] = model["args"]
-    if "image" not in runtime and "command" not in runtime:
-        runtime["image"] = "kserve/" + str((model.get("modelFormat") or {}).get("name", "server"))
-    out: dict[str, Any] = {"runtime": runtime, "scaling": scaling}
-    if model.get("storageUri"):
-        out["storageUri"] = model["storageUri"]
-    return {"metadata": doc.get("metadata") or {}, "spec": out}
 
 
 def _documents(text: str, errors: list[str]) -> Iterator[tuple[int, Any]]:
@@ -556,12 +295,12 @@ def parse_specs(text: str, source: Path | None = None) -> list[ModelService]:
             continue
         kind = doc.get("kind")
         if kind == "InferenceService":
-            doc = _inference_service_to_model_service(doc)
+            doc = inference_service_to_model_service(doc)
         elif kind != KIND:
-            errors.append(f"{where}kind = {_show(kind)}, must be ModelService or InferenceService")
+            errors.append(f"{where}kind = {show(kind)}, must be ModelService or InferenceService")
             continue
         elif doc.get("apiVersion") not in (API_VERSION, None):
-            errors.append(f"{where}apiVersion = {_show(doc.get('apiVersion'))}, must be {API_VERSION}")
+            errors.append(f"{where}apiVersion = {show(doc.get('apiVersion'))}, must be {API_VERSION}")
             continue
         svc = _parse_model_service(doc, errors, where, source)
         if svc is not None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from zeroserve.spec import ScalingSpec, SpecError, load_specs, parse_duration, parse_specs
+from zeroserve.spec import ScalingSpec, SpecError, load_specs, parse_specs
+from zeroserve.spec_fields import parse_duration
 
 ROOT = Path(__file__).resolve().parents[2]
 
