@@ -6,11 +6,8 @@ Scale-down takes the endpoint out of rotation *first*, then SIGTERMs the process
 after a grace period, so no new request is sent to a replica that is going away. A replica that
 dies is noticed at once (we await its exit) and replaced, with a crash-loop backoff.
 
-GPU placement: a replica gets `runtime.gpus` whole devices, those with the most free memory. When a
-model with waiting requests needs a GPU and all are held, the least recently used *idle* model
-(no requests in flight or queued) is stopped to make room; an idle model never evicts another,
-which is what keeps two models on one GPU from evicting each other in a loop. A replica that
-cannot be placed waits in `pending` and is retried when a GPU frees up or demand changes.
+Where replicas go (whole GPUs, eviction of idle models) is `local_placement.py`; the pieces of one
+replica process (command line, environment, readiness probe, termination) are `local_replica.py`.
 """
 
 from __future__ import annotations
@@ -18,68 +15,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
-import signal
-import socket
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
-from autoscaler.backends.base import BackendError, Endpoint, EndpointCallback, EndpointSet
-from autoscaler.backends.pool import PoolManager, PoolProc
+from autoscaler.backends import local_replica
+from autoscaler.backends.base import BackendError, EndpointCallback, EndpointSet
+from autoscaler.backends.local_placement import GpuPlacer
+from autoscaler.backends.local_replica import ModelState, ReplicaProc, free_port
+from autoscaler.backends.pool import PoolManager
 from zeroserve.spec import ModelService
 
 log = logging.getLogger(__name__)
 
 PHASE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class ReplicaProc:
-    id: str
-    model: str
-    port: int
-    gpus: tuple[int, ...]
-    process: asyncio.subprocess.Process | None = None
-    ready: bool = False
-    stopping: bool = False
-    started_at: float = 0.0
-    phases: dict[str, float] = field(default_factory=dict)
-    task: asyncio.Task[None] | None = None
-    pool_member: PoolProc | None = None
-    released: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def endpoint(self) -> Endpoint:
-        return Endpoint(self.id, "127.0.0.1", self.port)
-
-
-@dataclass
-class ModelState:
-    svc: ModelService
-    desired: int = 0
-    replicas: list[ReplicaProc] = field(default_factory=list)
-    version: int = 0
-    crashes: int = 0
-    last_phases: dict[str, float] = field(default_factory=dict)
-    pending_reason: str | None = None
-    last_used: float = 0.0
-    last_load_source: str | None = None     # pooled replicas: "disk" or "parked"
 
 
 class LocalBackend:
@@ -104,8 +60,9 @@ class LocalBackend:
         self._closed = False
         self._stoppers: set[asyncio.Task[None]] = set()
         self.pool = PoolManager(free_port=free_port, python=python)
-        # GPUs freed by an eviction belong to the model that evicted: nobody else may take them.
-        self._reserved: dict[int, str] = {}
+        # Demand is read through self at each use: whoever wires the backend may replace it later.
+        self.placer = GpuPlacer(gpus, self.models, lambda model: self.demand(model),
+                                lambda victim, r, wanting: self._spawn_stopper(victim, r, then=wanting))
         self.cold_start_seconds = Histogram(
             "zeroserve_cold_start_seconds", "Replica start time by phase", ["model", "phase"],
             buckets=PHASE_BUCKETS, registry=registry if registry is not None else REGISTRY)
@@ -155,7 +112,7 @@ class LocalBackend:
         if replicas > 0 and state.desired == 0:
             state.crashes = 0
         if replicas == 0:
-            self._reserved = {g: m for g, m in self._reserved.items() if m != model}
+            self.placer.release(model)
         state.desired = replicas
         self._reconcile(state)
 
@@ -208,12 +165,7 @@ class LocalBackend:
         return self.pool.status()
 
     def gpu_assignments(self) -> dict[int, list[str]]:
-        held: dict[int, list[str]] = {}
-        for name, st in self.models.items():
-            for r in st.replicas:
-                for g in r.gpus:
-                    held.setdefault(g, []).append(name)
-        return held
+        return self.placer.assignments()
 
     # --- reconciliation -----------------------------------------------------------------------
 
@@ -234,72 +186,11 @@ class LocalBackend:
             self._spawn_stopper(state, victim)
         state.pending_reason = None
         while len(live) < state.desired:
-            gpus = self._place(state)
+            gpus = self.placer.place(state)
             if gpus is None:
                 return
             replica = self._new_replica(state, gpus)
             live.append(replica)
-
-    def _place(self, state: ModelState) -> tuple[int, ...] | None:
-        want = state.svc.runtime.gpus
-        if want == 0 or self.gpus is None:
-            return ()
-        devices = self.gpus.devices()
-        if len(devices) < want:
-            state.pending_reason = f"needs {want} GPUs, this machine has {len(devices)}"
-            log.warning("cannot place model=%s: %s", state.svc.name, state.pending_reason)
-            return None
-        held = self.gpu_assignments()
-        need_mem = state.svc.runtime.gpu_memory_bytes
-        name = state.svc.name
-        free = [
-            d
-            for d in devices
-            if d.index not in held
-            and self._reserved.get(d.index, name) == name
-            and (not need_mem or d.memory_total_bytes - d.memory_used_bytes >= need_mem)
-        ]
-        if len(free) >= want:
-            # Reserved-for-us first, then the most free memory.
-            free.sort(
-                key=lambda d: (
-                    self._reserved.get(d.index) != name,
-                    -(d.memory_total_bytes - d.memory_used_bytes),
-                )
-            )
-            chosen = tuple(d.index for d in free[:want])
-            for g in chosen:
-                self._reserved.pop(g, None)
-            return chosen
-        if any(m == name for m in self._reserved.values()):
-            state.pending_reason = "waiting for an evicted model to release its GPU"
-            return None
-        if self.demand(state.svc.name) > 0 and self._evict_idle(state):
-            state.pending_reason = "waiting for an evicted model to release its GPU"
-            return None
-        state.pending_reason = f"all {len(devices)} GPUs are held by busy models"
-        log.warning("cannot place model=%s: %s; its requests stay queued", state.svc.name,
-                    state.pending_reason)
-        return None
-
-    def _evict_idle(self, wanting: ModelState) -> bool:
-        idle = [st for st in self.models.values()
-                if st is not wanting and st.svc.runtime.gpus > 0
-                and any(r.gpus and not r.stopping for r in st.replicas)
-                and self.demand(st.svc.name) == 0]
-        if not idle:
-            return False
-        victim = min(idle, key=lambda st: st.last_used)
-        log.info("evicting idle model=%s to make room for model=%s", victim.svc.name, wanting.svc.name)
-        # The victim keeps its desired count (the autoscaler's to change): it waits, pending, and
-        # its own next request can evict whoever is idle then.
-        victim.pending_reason = f"evicted to make room for {wanting.svc.name}"
-        for r in list(victim.replicas):
-            if not r.stopping:
-                for g in r.gpus:
-                    self._reserved[g] = wanting.svc.name
-                self._spawn_stopper(victim, r, then=wanting)
-        return True
 
     def _new_replica(self, state: ModelState, gpus: tuple[int, ...]) -> ReplicaProc:
         self._seq += 1
@@ -320,16 +211,18 @@ class LocalBackend:
         svc = state.svc
         t0 = replica.started_at
         try:
-            model_dir = await self._model_dir(state, replica)
+            model_dir = await local_replica.artifacts_dir(svc, replica, self.work_dir, self.cache)
             t_fetched = self.clock()
-            argv = self._command(svc, replica, model_dir)
-            env = self._env(svc, replica)
+            argv = local_replica.command(svc, replica, model_dir, work_dir=self.work_dir,
+                                         python=self.python)
+            env = local_replica.environment(svc, replica)
             log.info("starting replica model=%s replica=%s port=%d gpus=%s", svc.name, replica.id,
                      replica.port, ",".join(map(str, replica.gpus)) or "-")
             replica.process = await asyncio.create_subprocess_exec(
                 *argv, env=env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
             t_spawned = self.clock()
-            listening_at = await self._wait_ready(svc, replica)
+            listening_at = await local_replica.wait_ready(
+                self._session, svc, replica, clock=self.clock, probe_interval_s=self.probe_interval_s)
             t_ready = self.clock()
         except Exception as e:
             log.error("replica failed to start model=%s replica=%s: %s", svc.name, replica.id, e)
@@ -362,7 +255,7 @@ class LocalBackend:
         svc = state.svc
         t0 = replica.started_at
         try:
-            model_dir = await self._model_dir(state, replica)
+            model_dir = await local_replica.artifacts_dir(svc, replica, self.work_dir, self.cache)
             if model_dir is None:
                 raise BackendError("the hf runtime needs spec.storageUri (a model directory)")
             t_fetched = self.clock()
@@ -419,80 +312,10 @@ class LocalBackend:
                 self.cold_start_seconds.labels(state.svc.name, "first_token").observe(seconds)
                 return
 
-    async def _model_dir(self, state: ModelState, replica: ReplicaProc) -> Path | None:
-        """Where the replica finds its artifacts; None when the spec names none (a builtin model
-        then uses what it ships with)."""
-        svc = state.svc
-        if not svc.storage_uri:
-            return None
-        if svc.storage_uri.startswith(("file://", "pvc://")) and self.cache is None:
-            return Path(svc.storage_uri.split("://", 1)[1])
-        from runtime.storage import materialize
-
-        dest = self.work_dir / replica.id
-        result = await materialize(svc.storage_uri, dest, self.cache)
-        log.info("artifacts for model=%s: cache %s, %d bytes in %.3fs", svc.name,
-                 "hit" if result.cache_hit else "miss", result.bytes, result.seconds)
-        return dest
-
-    def _command(self, svc: ModelService, replica: ReplicaProc, model_dir: Path | None) -> list[str]:
-        rt = svc.runtime
-        if model_dir is None and (rt.kind == "command" or "{model_dir}" in " ".join(rt.args)):
-            model_dir = self.work_dir / replica.id     # an empty directory of its own
-            model_dir.mkdir(parents=True, exist_ok=True)
-        values = {"port": str(replica.port), "model_dir": str(model_dir), "model_name": svc.name,
-                  "host": "127.0.0.1"}
-        if rt.kind == "command":
-            return [part.format(**values) for part in (*rt.command, *rt.args)]
-        argv = [self.python, "-m", "zeroserve", "serve", "--model-name", svc.name,
-                "--port", str(replica.port), "--host", "127.0.0.1"]
-        if model_dir is not None:
-            argv += ["--model-dir", str(model_dir)]
-        if rt.kind == "hf":
-            argv += ["--runtime", "hf"]
-        else:
-            argv += ["--model", rt.model or svc.name, "--load-time-s", str(rt.load_time_s),
-                     "--token-latency-s", str(rt.token_latency_s)]
-        return argv + [part.format(**values) for part in rt.args]
-
-    def _env(self, svc: ModelService, replica: ReplicaProc) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(svc.runtime.env)
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, replica.gpus))
-        env["ZEROSERVE_MODEL_NAME"] = svc.name
-        env["PORT"] = str(replica.port)
-        return env
-
-    async def _wait_ready(self, svc: ModelService, replica: ReplicaProc) -> float | None:
-        """Probe readiness; returns when the server first answered (listening), None if it died."""
-        assert self._session is not None and replica.process is not None
-        url = f"http://127.0.0.1:{replica.port}{svc.runtime.readiness_path}"
-        deadline = self.clock() + svc.runtime.ready_timeout_s
-        listening_at: float | None = None
-        while not replica.stopping:
-            if replica.process.returncode is not None:
-                log.error("replica exited before ready model=%s replica=%s code=%s", svc.name,
-                          replica.id, replica.process.returncode)
-                return None
-            if self.clock() > deadline:
-                log.error("replica not ready after %.0fs model=%s replica=%s",
-                          svc.runtime.ready_timeout_s, svc.name, replica.id)
-                return None
-            try:
-                async with self._session.get(url) as resp:
-                    if listening_at is None:
-                        listening_at = self.clock()
-                    if resp.status == 200:
-                        return listening_at
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            await asyncio.sleep(self.probe_interval_s)
-        return None
-
     async def _on_exit(self, state: ModelState, replica: ReplicaProc, *, failed: bool) -> None:
         if replica.pool_member is None and replica.process is not None and \
                 replica.process.returncode is None:
-            await self._terminate(replica)
+            await local_replica.terminate(replica, self.stop_grace_s)
         was_ready = replica.ready
         replica.ready = False
         if replica in state.replicas:
@@ -539,25 +362,10 @@ class LocalBackend:
             await self.pool.give_back(replica.pool_member, park=state.svc.scaling.park)
             replica.released.set()
         else:
-            await self._terminate(replica)
+            await local_replica.terminate(replica, self.stop_grace_s)
         if replica.task is not None and replica.task is not asyncio.current_task():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(replica.task), 5)
-
-    async def _terminate(self, replica: ReplicaProc) -> None:
-        proc = replica.process
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), self.stop_grace_s)
-        except TimeoutError:
-            log.warning("replica did not stop in %.0fs, killing replica=%s", self.stop_grace_s,
-                        replica.id)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
 
     def kick(self, model: str) -> None:
         """A request is waiting for `model`: retry its placement if it is pending (it may now
