@@ -144,7 +144,13 @@ async def test_single_writer_one_call_per_model_at_a_time_and_newest_wins() -> N
         h.scaler.ingest([StatSample("m", "a", h.clock.now, load, load)])
         h.scaler.tick()  # ... while the decisions keep changing
         await asyncio.sleep(0)
-    await asyncio.sleep(0.3)
+    # Wait for the chain of calls to settle (the newest decision sent, nothing in flight) rather
+    # than for a fixed time: a stalled loop could wake this test before the follow-up call starts.
+    desired = h.scaler.status()["models"]["m"]["desired"]
+    deadline = time.monotonic() + 10.0
+    while h.backend.scales_of("m")[-1] != desired or h.backend.in_flight.get("m", 0):
+        assert time.monotonic() < deadline, h.backend.calls
+        await asyncio.sleep(0.01)
     calls = h.backend.scales_of("m")
     assert h.backend.max_in_flight == 1
     assert calls[0] == 1 and calls[-1] == h.scaler.status()["models"]["m"]["desired"]
