@@ -117,7 +117,8 @@ def reader_comparison(model_dir: Path, device: str) -> dict[str, float]:
     import safetensors.torch
     import torch
 
-    from runtime.loader import Loader, read_header, shard_files
+    from runtime.shard_reader import Loader
+    from runtime.shards import read_header, shard_files
 
     files = shard_files(model_dir)
     shards = [read_header(f) for f in files]
@@ -337,7 +338,7 @@ def main() -> int:
     progress(f"making the {preset} checkpoint in {args.workdir} (reused if there)")
     model_dir = make_checkpoint(args.workdir, preset, cuda)
     nbytes = warm_page_cache(model_dir)
-    from runtime.loader import read_header, shard_files
+    from runtime.shards import read_header, shard_files
 
     shards = [read_header(f) for f in shard_files(model_dir)]
     params = sum(math.prod(e.shape) for s in shards for e in s.entries)

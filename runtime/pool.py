@@ -46,7 +46,7 @@ from runtime.server.model import ModelConfig
 if TYPE_CHECKING:
     import torch
 
-    from runtime.loader import Loader
+    from runtime.shard_reader import Loader
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,9 @@ def warm_generation_path() -> tuple[torch.device, Loader]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from runtime.loader import Loader
     from runtime.server.hf import Decoder, pick_device
     from runtime.server.model import GenerationParams
+    from runtime.shard_reader import Loader
 
     device = pick_device()
     if device.type == "cuda":
@@ -98,7 +98,7 @@ class PoolBusy(Exception):
 @dataclass(frozen=True, slots=True)
 class _ParkedSource:
     model_dir: str       # where it was loaded from last (informative)
-    identity: str        # runtime.loader.checkpoint_identity: what must match to reuse the weights
+    identity: str        # runtime.shards.checkpoint_identity: what must match to reuse the weights
 
 
 class WarmPool:
@@ -139,7 +139,7 @@ class WarmPool:
             if self.state != "idle":
                 raise PoolBusy(f"pool process is {self.state}, not idle")
             self.state = "loading"
-            from runtime.loader import checkpoint_identity
+            from runtime.shards import checkpoint_identity
 
             try:
                 identity = await asyncio.to_thread(checkpoint_identity, model_dir)

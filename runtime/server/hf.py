@@ -28,7 +28,8 @@ from runtime.server.model import GenerationParams, GenerativeModel, ModelConfig
 if TYPE_CHECKING:
     import torch
 
-    from runtime.loader import LoadedModel, Loader
+    from runtime.loader import LoadedModel
+    from runtime.shard_reader import Loader
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ class HFModel(GenerativeModel):
 
     def load(self) -> None:
         """Sync: the server runs it in a thread (liveness keeps answering)."""
-        from runtime.loader import Loader, load_model
+        from runtime.loader import load_model
+        from runtime.shard_reader import Loader
 
         if self.model_dir is None:
             raise ValueError("the hf runtime needs --model-dir")

@@ -15,15 +15,9 @@ pytest.importorskip("safetensors")
 import safetensors.torch as st
 import torch
 
-from runtime.loader import (
-    Loader,
-    LoaderError,
-    load_file,
-    load_model,
-    plan_chunks,
-    read_header,
-    shard_files,
-)
+from runtime.loader import load_model
+from runtime.shard_reader import Loader, load_file, plan_chunks
+from runtime.shards import LoaderError, read_header, shard_files
 
 CPU = torch.device("cpu")
 
