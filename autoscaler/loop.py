@@ -3,10 +3,10 @@ single writer of replica counts.
 
 All KPA models are decided together by `autoscaler.batch` (numpy); a poke decides one model with the
 scalar `autoscaler.policy`, which the tests prove gives the same answers. Models whose spec names
-another policy ("histogram") get a per-model policy object from `POLICIES`.
+another policy ("histogram") get a per-model policy object (`autoscaler.model_policy`).
 
-Only this class calls `backend.scale`, only when the decided count differs from what it last sent (or
-the backend reports a different target), and never two calls for one model at once. With no sample
+Decided counts reach the backend only through the single writer (`autoscaler.writer`); the last
+decision per model is kept in `autoscaler.decisions` for status and metrics. With no sample
 from any activator for `stale_after_s`, the windows are treated as "no data": nothing scales down on
 load figures nobody is refreshing; a poke still starts a model at zero.
 """
@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -27,8 +27,11 @@ from autoscaler import metrics
 from autoscaler.aggregation import StatSample
 from autoscaler.batch import BatchConfig, BatchState, BatchWindows, decide_batch
 from autoscaler.config import policy_config_from_spec
+from autoscaler.decisions import DecisionTable
 from autoscaler.metrics import DecisionRow
+from autoscaler.model_policy import ModelPolicy, new_policy
 from autoscaler.policy import Observation, PolicyConfig, ScaleResult, decide, initial_state
+from autoscaler.writer import ScaleWriter
 
 if TYPE_CHECKING:
     from autoscaler.backends.base import Backend
@@ -40,33 +43,6 @@ STALE_AFTER_S = 10.0  # ten missed one-second reports from every activator
 RESYNC_S = 30.0  # how often the backend's own targets are compared with ours
 
 
-class ModelPolicy(Protocol):
-    """A per-model policy other than the batched KPA; holds its own state."""
-
-    def decide(self, obs: Observation, now: float) -> ScaleResult: ...
-
-
-PolicyFactory = Callable[[PolicyConfig, int, float], ModelPolicy]  # (kpa config, ready, now)
-
-
-class HistogramPolicy:
-    """`autoscaler.histogram.decide` (same signature as policy.decide) behind the ModelPolicy hook."""
-
-    def __init__(self, config: PolicyConfig, ready: int, now: float) -> None:
-        from autoscaler import histogram  # imported only when a model asks for it
-
-        self._decide = histogram.decide
-        self.config = histogram.HistogramConfig(kpa=config)
-        self.state = histogram.HistogramState(kpa=initial_state(config, ready, now))
-
-    def decide(self, obs: Observation, now: float) -> ScaleResult:
-        result, self.state = self._decide(self.config, self.state, obs, now)
-        return result
-
-
-POLICIES: dict[str, PolicyFactory] = {"histogram": HistogramPolicy}
-
-
 @dataclass
 class _Model:
     name: str
@@ -74,32 +50,6 @@ class _Model:
     svc: ModelService
     config: PolicyConfig
     policy: ModelPolicy | None  # None: KPA, decided in the batch
-
-
-class _Rows:
-    """Per-row record of the last decision, for status(), metrics and the single-writer check."""
-
-    def __init__(self, n: int) -> None:
-        self.told = np.full(n, -1, dtype=np.int64)  # replicas last sent to backend.scale; -1 never
-        self.desired = np.full(n, -1, dtype=np.int64)  # last valid decision
-        self.ready = np.zeros(n, dtype=np.int64)
-        self.stable = np.full(n, np.nan)
-        self.panic_value = np.full(n, np.nan)
-        self.ebc = np.zeros(n, dtype=np.int64)
-        self.panic = np.zeros(n, dtype=np.bool_)
-        self.valid = np.zeros(n, dtype=np.bool_)
-        self.decided_at = np.full(n, np.nan)
-
-    def grown(self, capacity: int) -> _Rows:
-        out = _Rows(capacity)
-        for name, array in vars(self).items():
-            getattr(out, name)[: len(array)] = array
-        return out
-
-    def clear(self, row: int) -> None:
-        fresh = _Rows(1)
-        for name, array in vars(self).items():
-            array[row] = getattr(fresh, name)[0]
 
 
 class Autoscaler:
@@ -131,17 +81,14 @@ class Autoscaler:
         self._dirty_rows: set[int] = set()
         self._state = BatchState(0, 1)
         self._windows = BatchWindows([], [])
-        self._rows = _Rows(0)
+        self._rows = DecisionTable(0)
+        self._writer = ScaleWriter(backend, self._rows, self._row_of)
         self._last_report_at: float | None = None
         self._last_resync_at: float | None = None
         self._pokes: set[str] = set()
         self._poke_scheduled = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._scaling: dict[str, asyncio.Task[None]] = {}
-        self._next_scale: dict[str, int] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._custom: list[_Model] = []
-        self._closing = False
         self.last_tick_s: float | None = None
         metrics.attach(self, registry)
 
@@ -157,7 +104,7 @@ class Autoscaler:
             ready = self.backend.ready_replicas(svc.name)
             self._windows.configure(row, config.stable_window_s, config.panic_window_s)
             self._state.set(row, initial_state(config, ready, now))
-            model = _Model(svc.name, row, svc, config, self._new_policy(svc, config, ready, now))
+            model = _Model(svc.name, row, svc, config, new_policy(svc, config, ready, now))
             self._models[svc.name] = model
             self._row_of[svc.name] = row
             self._names[row] = svc.name
@@ -174,7 +121,7 @@ class Autoscaler:
                 self._state.set(row, replace(state, delay_ring=(), delay_last_index=None))
             if old != config or model.svc.scaling.policy != svc.scaling.policy:
                 ready = self.backend.ready_replicas(svc.name)
-                model.policy = self._new_policy(svc, config, ready, now)
+                model.policy = new_policy(svc, config, ready, now)
             if model.svc.storage_uri != svc.storage_uri:
                 self._prefetch(svc.name)
             model.svc = svc
@@ -193,20 +140,9 @@ class Autoscaler:
         self._rows.clear(model.row)
         self._free.append(model.row)
         self._pokes.discard(name)
-        self._next_scale.pop(name, None)
+        self._writer.forget(name)
         self._dirty_rows.add(model.row)
         self._config_dirty = True
-
-    @staticmethod
-    def _new_policy(svc: ModelService, config: PolicyConfig, ready: int, now: float) -> ModelPolicy | None:
-        name = svc.scaling.policy
-        if name == "kpa":
-            return None
-        factory = POLICIES.get(name)
-        if factory is None:
-            log.warning("unknown scaling policy %r for model=%s, using kpa", name, svc.name)
-            return None
-        return factory(config, ready, now)
 
     def _allocate_row(self) -> int:
         if self._free:
@@ -222,7 +158,7 @@ class Autoscaler:
             self._occupied = np.concatenate(
                 [self._occupied, np.zeros(capacity - len(self._occupied), np.bool_)]
             )
-            self._rows = self._rows.grown(capacity)
+            self._rows.grow(capacity)
             self._windows.grow(capacity)
             self._state = self._state.grown(capacity, self._state.delay_ring.shape[1])
         return row
@@ -242,19 +178,20 @@ class Autoscaler:
         if model not in self._models:
             return
         self._pokes.add(model)
-        if self._poke_scheduled or self._loop is None or self._loop.is_closed():
+        loop = self._writer.loop
+        if self._poke_scheduled or loop is None or loop.is_closed():
             return  # without a running loop the next tick sees the poke
         self._poke_scheduled = True
         # Next turn of the event loop, not the next tick: the decision runs right after the
         # activator's handler yields, and backend.scale one turn after that.
         try:
-            in_loop = asyncio.get_running_loop() is self._loop
+            in_loop = asyncio.get_running_loop() is loop
         except RuntimeError:
             in_loop = False
         if in_loop:
-            self._loop.call_soon(self._decide_pokes)
+            loop.call_soon(self._decide_pokes)
         else:
-            self._loop.call_soon_threadsafe(self._decide_pokes)
+            loop.call_soon_threadsafe(self._decide_pokes)
 
     def _decide_pokes(self) -> None:
         self._poke_scheduled = False
@@ -287,9 +224,9 @@ class Autoscaler:
             self._state.set(row, state)
         else:
             result = model.policy.decide(obs, now)
-        self._record(row, result, ready, obs.stable_value, obs.panic_value, now)
+        self._rows.record(row, result, ready, obs.stable_value, obs.panic_value, now)
         if result.valid:
-            self._apply(model.name, row, result.desired)
+            self._writer.apply(model.name, row, result.desired)
         return result
 
     def tick(self) -> None:
@@ -327,21 +264,14 @@ class Autoscaler:
                     one.excess_burst_capacity,
                     one.panic,
                 )
-        occupied = self._occupied
-        valid &= occupied
-        rows = self._rows
-        rows.ready[:n], rows.stable[:n], rows.panic_value[:n] = ready, stable, panic
-        rows.valid[:n] = valid
-        rows.decided_at[:n] = np.where(occupied, now, np.nan)
-        rows.desired[:n] = np.where(valid, desired, rows.desired[:n])
-        rows.ebc[:n] = np.where(valid, ebc, rows.ebc[:n])
-        rows.panic[:n] = in_panic & occupied
-        changed = np.flatnonzero(valid & (desired != rows.told[:n]))
+        valid &= self._occupied
+        self._rows.record_batch(self._occupied, ready, stable, panic, (desired, valid, ebc, in_panic), now)
+        changed = np.flatnonzero(valid & (desired != self._rows.told[:n]))
         for row in changed.tolist():
-            self._apply(self._names[row], row, int(desired[row]))
+            self._writer.apply(self._names[row], row, int(desired[row]))
         if self._last_resync_at is None or now - self._last_resync_at >= self.resync_s:
             self._last_resync_at = now
-            self._resync()
+            self._writer.resync()
         self.last_tick_s = time.perf_counter() - started
 
     def _rebuild_config(self) -> None:
@@ -358,73 +288,6 @@ class Autoscaler:
         if width > self._state.delay_ring.shape[1]:
             self._state = self._state.grown(len(self._state.desired), width)
         self._config_dirty = False
-
-    def _record(
-        self, row: int, result: ScaleResult, ready: int, stable: float | None, panic: float | None, now: float
-    ) -> None:
-        rows = self._rows
-        rows.ready[row] = ready
-        rows.stable[row] = np.nan if stable is None else stable
-        rows.panic_value[row] = np.nan if panic is None else panic
-        rows.valid[row] = result.valid
-        rows.panic[row] = result.panic
-        rows.decided_at[row] = now
-        if result.valid:
-            rows.desired[row] = result.desired
-            rows.ebc[row] = result.excess_burst_capacity
-
-    # --- the single writer --------------------------------------------------------------------
-
-    def _apply(self, name: str, row: int, replicas: int) -> None:
-        if replicas == self._rows.told[row]:
-            return
-        self._rows.told[row] = replicas
-        if name in self._scaling:
-            self._next_scale[name] = replicas  # one call per model at a time; the newest wins
-            return
-        self._start_scale(name, replicas)
-
-    def _start_scale(self, name: str, replicas: int) -> None:
-        if self._loop is None:
-            try:
-                self._loop = asyncio.get_running_loop()
-            except RuntimeError:
-                log.warning("no event loop: cannot scale model=%s to %d yet", name, replicas)
-                self._rows.told[self._row_of[name]] = -1
-                return
-        task = self._loop.create_task(self._scale(name, replicas), name=f"scale-{name}")
-        self._scaling[name] = task
-
-    async def _scale(self, name: str, replicas: int) -> None:
-        try:
-            await self.backend.scale(name, replicas)
-            log.info("scaled model=%s replicas=%d", name, replicas)
-        except Exception:
-            log.exception("scale failed model=%s replicas=%d; retrying next tick", name, replicas)
-            row = self._row_of.get(name)
-            if row is not None and self._rows.told[row] == replicas:
-                self._rows.told[row] = -1
-        finally:
-            del self._scaling[name]
-            following = self._next_scale.pop(name, None)
-            if following is not None and following != replicas and name in self._models and not self._closing:
-                self._start_scale(name, following)
-
-    def _resync(self) -> None:
-        """Re-send targets the backend reports differently (a backend restart, a lost call)."""
-        try:
-            reported = self.backend.status()
-        except Exception:
-            log.exception("backend status failed")
-            return
-        for name, model in self._models.items():
-            entry = reported.get(name)
-            target = entry.get("desired") if isinstance(entry, dict) else None
-            told = int(self._rows.told[model.row])
-            if isinstance(target, int) and told >= 0 and target != told and name not in self._scaling:
-                log.warning("backend target differs model=%s backend=%d ours=%d", name, target, told)
-                self._rows.told[model.row] = -1
-                self._apply(name, model.row, told)
 
     def _prefetch(self, name: str) -> None:
         try:
@@ -446,13 +309,13 @@ class Autoscaler:
 
     async def run(self) -> None:
         """Tick every tick_s until cancelled."""
-        self._loop = asyncio.get_running_loop()
+        loop = self._writer.loop = asyncio.get_running_loop()
         for name in list(self._models):
             self._prefetch(name)
         if self._pokes:
             self._poke_scheduled = True
-            self._loop.call_soon(self._decide_pokes)
-        next_at = self._loop.time()
+            loop.call_soon(self._decide_pokes)
+        next_at = loop.time()
         try:
             while True:
                 try:
@@ -460,10 +323,10 @@ class Autoscaler:
                 except Exception:
                     log.exception("autoscaler tick failed")
                 next_at += self.tick_s
-                await asyncio.sleep(max(0.0, next_at - self._loop.time()))
+                await asyncio.sleep(max(0.0, next_at - loop.time()))
         finally:
-            self._closing = True
-            pending = [*self._background, *self._scaling.values()]
+            self._writer.closing = True
+            pending = [*self._background, *self._writer.scaling.values()]
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -487,36 +350,8 @@ class Autoscaler:
         return None if model is None else self._model_status(model)
 
     def _model_status(self, model: _Model) -> dict[str, Any]:
-        rows, r = self._rows, model.row
-        return {
-            "desired": int(rows.desired[r]),
-            "ready": int(rows.ready[r]),
-            "panic": bool(rows.panic[r]),
-            "valid": bool(rows.valid[r]),
-            "sent": int(rows.told[r]),
-            "metric": model.config.metric,
-            "stable": _finite(rows.stable[r]),
-            "panic_value": _finite(rows.panic_value[r]),
-            "excess_burst_capacity": int(rows.ebc[r]),
-            "policy": model.svc.scaling.policy,
-            "decided_at": _finite(rows.decided_at[r]),
-        }
+        return self._rows.status(model.row, model.config.metric, model.svc.scaling.policy)
 
     def decision_rows(self) -> Iterator[DecisionRow]:
-        rows = self._rows
         for name, model in list(self._models.items()):
-            r = model.row
-            yield DecisionRow(
-                model=name,
-                desired=max(0, int(rows.desired[r])),
-                ready=int(rows.ready[r]),
-                panic=bool(rows.panic[r]),
-                stable_value=float(np.nan_to_num(rows.stable[r])),
-                panic_value=float(np.nan_to_num(rows.panic_value[r])),
-                excess_burst_capacity=int(rows.ebc[r]),
-            )
-
-
-def _finite(value: np.floating[Any] | float) -> float | None:
-    v = float(value)
-    return None if np.isnan(v) else v
+            yield self._rows.decision_row(name, model.row)

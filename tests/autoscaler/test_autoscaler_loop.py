@@ -19,7 +19,8 @@ from recording_backend import RecordingBackend
 
 from autoscaler.aggregation import StatSample
 from autoscaler.config import policy_config_from_spec
-from autoscaler.loop import Autoscaler, HistogramPolicy
+from autoscaler.loop import Autoscaler
+from autoscaler.model_policy import HistogramPolicy
 from autoscaler.policy import PolicyConfig
 from zeroserve.spec import ModelService, ScalingSpec
 
