@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -147,6 +148,15 @@ async def stack(request: pytest.FixtureRequest,
         await r.cleanup()
 
 
+async def until(check: Callable[[], object], what: str, timeout_s: float = 10.0) -> None:
+    """Poll a condition with a generous deadline: a fixed sleep is a guess that a loaded machine
+    loses."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
 def _warm(stack: dict[str, object], model: str = "m", n: int = 1) -> None:
     act = stack["activator"]
     assert isinstance(act, Activator)
@@ -212,7 +222,7 @@ async def test_openai_body_and_host_routing(stack: Stack) -> None:
 async def test_queue_full_and_timeout_are_503_with_retry_after(stack: Stack) -> None:
     client = stack["client"]
     waiting = [asyncio.create_task(client.get("/v2/models/m/ready")) for _ in range(3)]
-    await asyncio.sleep(0.2)
+    await until(lambda: stack["activator"].gates["m"].queued == 3, "3 requests queued")
     async with client.get("/v2/models/m/ready") as r:
         assert r.status == 503
         assert "Retry-After" in r.headers
@@ -229,11 +239,7 @@ async def test_client_disconnect_while_queued_dequeues(stack: Stack) -> None:
     await asyncio.wait_for(stack["sink"].poked.wait(), 2)
     assert stack["activator"].gates["m"].queued == 1
     task.cancel()
-    for _ in range(50):
-        await asyncio.sleep(0.02)
-        if stack["activator"].gates["m"].queued == 0:
-            break
-    assert stack["activator"].gates["m"].queued == 0
+    await until(lambda: stack["activator"].gates["m"].queued == 0, "the queue to empty")
 
 
 async def test_client_disconnect_cancels_upstream_request(stack: Stack) -> None:
@@ -243,10 +249,7 @@ async def test_client_disconnect_cancels_upstream_request(stack: Stack) -> None:
     task = asyncio.create_task(stack["client"].post("/v1/models/m:predict", data=b"{}"))
     await asyncio.wait_for(up.started.wait(), 2)
     task.cancel()
-    for _ in range(50):
-        await asyncio.sleep(0.02)
-        if up.cancelled:
-            break
+    await until(lambda: up.cancelled, "the upstream handler to be cancelled")
     assert up.cancelled == 1
 
 
@@ -264,7 +267,7 @@ async def test_refused_only_replica_gives_502_after_retry_waits(stack: Stack) ->
     _warm(stack, n=1)
     task = asyncio.create_task(stack["client"].post("/v1/models/m:predict", data=b"{}"))
     # The failed replica is out of rotation; the retry waits (queued) and pokes for another.
-    await asyncio.sleep(0.3)
+    await asyncio.wait_for(stack["sink"].poked.wait(), 10)
     assert "m" in stack["sink"].pokes
     assert not task.done()
     stack["ups"][0].reset = False
@@ -308,8 +311,15 @@ async def test_load_is_reported_time_weighted(stack: Stack) -> None:
     _warm(stack)
     await asyncio.gather(*[stack["client"].post("/v1/models/m:predict", data=b"{}")
                            for _ in range(4)])
-    await asyncio.sleep(0.1)
-    samples = [s for s in stack["sink"].samples if s.model == "m"]
+
+    def reported() -> list[StatSample]:
+        return [s for s in stack["sink"].samples if s.model == "m"]
+
+    # Every request counted, and a whole idle period reported after the last one left: only then
+    # has all of their time in flight reached the sink (a fixed sleep may wake before that).
+    await until(lambda: sum(s.requests for s in reported()) == 4 and reported()[-1].avg_concurrency == 0,
+                "the load of all 4 requests to be reported")
+    samples = reported()
     assert sum(s.requests for s in samples) == 4
     busy = [s.avg_concurrency for s in samples if s.avg_concurrency > 0]
     assert busy and max(busy) <= 4.0 + 1e-9
