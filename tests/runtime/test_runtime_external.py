@@ -35,7 +35,7 @@ def standin(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
                 "--replica-id",
                 "r7",
                 "--startup-delay-s",
-                "0.5",
+                "2",  # long enough that the test sees the 503 however late it gets to ask
             ],
             stderr=out,
         )
@@ -56,10 +56,12 @@ async def test_standin_speaks_v2_and_drains(standin: tuple[subprocess.Popen[byte
             assert r.status == 200
         async with s.get(url + "/v2/health/ready") as r:
             assert r.status == 503  # still in its startup delay
-        for _ in range(300):
+        deadline = time.monotonic() + 15
+        while True:
             async with s.get(url + "/v2/models/m/ready") as r:
                 if r.status == 200:
                     break
+            assert time.monotonic() < deadline, "the stand-in never became ready"
             await asyncio.sleep(0.01)
         body = {"id": "q", "inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2.5]}]}
         async with s.post(url + "/v2/models/m/infer", json=body) as r:
