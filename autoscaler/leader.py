@@ -7,7 +7,7 @@ when it has seen no change to the record for `lease_duration_s`; a leader that c
 so a writer that checks right before writing never overlaps with the next leader (the margin
 `lease_duration_s - renew_deadline_s` covers a write in flight).
 
-Where the record lives is a `LeaseStore`: a coordination.k8s.io Lease in `backends/kubernetes.py`.
+Where the record lives is a `LeaseStore`: a coordination.k8s.io Lease in `backends/k8s_lease.py`.
 """
 
 from __future__ import annotations

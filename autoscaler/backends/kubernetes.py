@@ -1,7 +1,8 @@
 """The Kubernetes backend: each ModelService becomes a Deployment whose replicas only we write.
 
-The one module that imports kubernetes_asyncio (for its configuration, authentication and TLS);
-objects stay plain dicts. Every write — creating a Deployment, the scale subresource, the status
+Objects stay plain dicts; the API client (kubernetes_asyncio underneath) is `k8s_api.KubeApi`, the
+objects are rendered by `k8s_render`, watched by `k8s_watch`, and the status subresource is written
+by `k8s_status`. Every write — creating a Deployment, the scale subresource, the status
 subresource, the prefetch list, the Lease — happens only while `is_leader()` holds, so two
 autoscaler replicas never both write. ModelServices, Deployments and pods are watched (list, then
 watch from the listed resourceVersion, re-list on 410 Gone), never polled.
@@ -20,15 +21,14 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio.client import ApiClient, Configuration
 
 from autoscaler.backends.base import EndpointCallback, EndpointSet
+from autoscaler.backends.k8s_api import KubeApi
 from autoscaler.backends.k8s_render import (
     LABEL_MODEL,
     RenderConfig,
@@ -38,9 +38,9 @@ from autoscaler.backends.k8s_render import (
     ready_endpoints,
     render_deployment,
     render_service,
-    render_status,
     summarize_pods,
 )
+from autoscaler.backends.k8s_status import StatusWriter
 from autoscaler.backends.k8s_watch import Informer, KubeError, Obj
 from zeroserve.spec import ModelService, SpecError
 
@@ -48,88 +48,6 @@ log = logging.getLogger(__name__)
 
 GROUP_PATH = "/apis/serving.zeroserve.io/v1alpha1"
 TEMPLATE_HASH = "serving.zeroserve.io/template-hash"
-
-
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-
-
-def configuration(host: str | None = None, token: str | None = None, *,
-                  sa_dir: Path = SA_DIR) -> Configuration:
-    """In-cluster configuration (service account token and CA, KUBERNETES_SERVICE_HOST/PORT)
-    unless a host is given (tests against the emulator)."""
-    if host is None:
-        from kubernetes_asyncio import config
-
-        cfg = Configuration()
-        config.load_incluster_config(  # type: ignore[no-untyped-call]
-            client_configuration=cfg, token_filename=str(sa_dir / "token"),
-            cert_filename=str(sa_dir / "ca.crt"))
-        return cfg
-    cfg = Configuration(host=host)
-    if token:
-        cfg.api_key = {"BearerToken": token}
-        cfg.api_key_prefix = {"BearerToken": "Bearer"}
-    return cfg
-
-
-class KubeApi:
-    """JSON in, JSON out, over kubernetes_asyncio's authenticated client."""
-
-    def __init__(self, cfg: Configuration) -> None:
-        self._client = ApiClient(cfg)
-
-    async def close(self) -> None:
-        await self._client.close()
-
-    async def _call(self, method: str, path: str, *, query: dict[str, str] | None = None,
-                    body: Any = None, patch: bool = False, limit: Any = 30.0) -> Any:
-        headers = {"Accept": "application/json",
-                   "Content-Type": "application/merge-patch+json" if patch else "application/json"}
-        try:
-            return await self._client.call_api(
-                path, method, query_params=list((query or {}).items()), header_params=headers,
-                body=body, auth_settings=["BearerToken"], _preload_content=False,
-                _request_timeout=limit)
-        except aiohttp.ClientError as e:
-            raise KubeError(0, {"message": str(e)}) from e
-
-    async def request(self, method: str, path: str, *, body: Any = None, patch: bool = False,
-                      ok_missing: bool = False) -> Obj | None:
-        resp = await self._call(method, path, body=body, patch=patch)
-        try:
-            data = await resp.json(content_type=None)
-        except (ValueError, aiohttp.ClientError):
-            data = {}
-        finally:
-            resp.release()
-        if resp.status == 404 and ok_missing:
-            return None
-        if not 200 <= resp.status < 300:
-            raise KubeError(resp.status, data if isinstance(data, dict) else {})
-        return data if isinstance(data, dict) else {}
-
-    async def list(self, path: str, label_selector: str) -> tuple[list[Obj], str]:
-        data = await self.request("GET", path + (f"?labelSelector={label_selector}"
-                                                 if label_selector else ""))
-        assert data is not None
-        return list(data.get("items") or []), str(data["metadata"].get("resourceVersion", ""))
-
-    async def watch(self, path: str, label_selector: str, resource_version: str,
-                    timeout_s: float) -> AsyncIterator[Obj]:
-        query = {"watch": "true", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
-                 "timeoutSeconds": str(int(timeout_s))}
-        if label_selector:
-            query["labelSelector"] = label_selector
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_s + 30)
-        resp = await self._call("GET", path, query=query, limit=timeout)
-        try:
-            if resp.status != 200:
-                raise KubeError(resp.status, await resp.json(content_type=None))
-            async for line in resp.content:
-                if line.strip():
-                    yield json.loads(line)
-        finally:
-            resp.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +59,7 @@ class KubernetesConfig:
 
 
 @dataclass
-class _Model:
+class ModelEntry:
     svc: ModelService
     obj: Obj                                 # the ModelService as stored (uid, generation, status)
     endpoints: EndpointSet
@@ -178,10 +96,10 @@ class KubernetesBackend:
         self.model_services = Informer(api, self._paths["ms"], self._on_model_service, watch_timeout_s=wt)
         self.deployments = Informer(api, self._paths["deploy"], self._on_change, watch_timeout_s=wt)
         self.pods = Informer(api, self._paths["pods"], self._on_change, watch_timeout_s=wt)
-        self.models: dict[str, _Model] = {}
+        self.models: dict[str, ModelEntry] = {}
         self._raw: dict[str, Obj] = {}         # ModelService objects seen, valid or not
         self._invalid: dict[str, str] = {}     # name -> the parser's errors, reported in status
-        self._invalid_status: dict[str, Obj] = {}
+        self._status = StatusWriter(api, self._paths["ms"], wall)
         self._callbacks: list[EndpointCallback] = []
         self._upsert: Callable[[ModelService], None] = lambda svc: None
         self._remove: Callable[[str], None] = lambda name: None
@@ -223,7 +141,7 @@ class KubernetesBackend:
         state = self.models.get(svc.name)
         if state is None:
             raw = self._raw.get(svc.name, {"metadata": {"name": svc.name}})
-            self.models[svc.name] = _Model(svc, raw, EndpointSet(svc.name))
+            self.models[svc.name] = ModelEntry(svc, raw, EndpointSet(svc.name))
         else:
             state.svc = svc
         self._refresh_endpoints(svc.name)
@@ -298,8 +216,9 @@ class KubernetesBackend:
     def _on_model_service(self, kind: str, obj: Obj) -> None:
         name = obj["metadata"]["name"]
         if kind == "DELETED":
-            for table in (self._raw, self._invalid, self._invalid_status):
+            for table in (self._raw, self._invalid):
                 table.pop(name, None)
+            self._status.forget(name)
             self.unregister(name)
             self._remove(name)
             return
@@ -318,7 +237,7 @@ class KubernetesBackend:
             self._mark(name)
             return
         self._invalid.pop(name, None)
-        self._invalid_status.pop(name, None)
+        self._status.forget(name)
         state = self.models.get(name)
         changed = state is None or state.svc != svc
         self.register(svc)  # the backend's own view first; the autoscaler may register it again
@@ -332,7 +251,7 @@ class KubernetesBackend:
         for name in self.models:
             self._refresh_endpoints(name)
 
-    def _pods_of(self, state: _Model) -> list[Obj]:
+    def _pods_of(self, state: ModelEntry) -> list[Obj]:
         deploy = self.deployments.cache.get(state.deployment)
         selector = ((deploy or {}).get("spec", {}).get("selector") or {}).get("matchLabels")
         return pods_selected(self.pods.cache.values(), selector or {LABEL_MODEL: state.svc.name})
@@ -367,8 +286,8 @@ class KubernetesBackend:
                 try:
                     if name in self.models:
                         await self._reconcile(self.models[name])
-                    elif name in self._invalid and name in self._raw:
-                        await self._write_invalid_status(name)
+                    elif name in self._invalid and name in self._raw and self.is_leader():
+                        await self._status.write_invalid(name, self._raw[name], self._invalid[name])
                 except (KubeError, aiohttp.ClientError, TimeoutError) as e:
                     log.warning("model %s: reconcile failed: %s; will retry", name, e)
                     self._dirty.add(name)
@@ -376,7 +295,7 @@ class KubernetesBackend:
                 await asyncio.sleep(1.0)
                 self._wake.set()
 
-    async def _reconcile(self, state: _Model) -> None:
+    async def _reconcile(self, state: ModelEntry) -> None:
         summary = summarize_pods(self._pods_of(state))
         if summary.unschedulable != state.logged_unschedulable:
             for pod, message in summary.unschedulable:
@@ -396,9 +315,9 @@ class KubernetesBackend:
             if state.pending_replicas is not None:
                 replicas, state.pending_replicas = state.pending_replicas, None
                 await self.scale(state.svc.name, replicas)
-        await self._write_status(state, deploy, summary)
+        await self._status.write(state, deploy, summary, invalid=state.svc.name in self._invalid)
 
-    async def _ensure_deployment(self, state: _Model, deploy: Obj | None) -> Obj | None:
+    async def _ensure_deployment(self, state: ModelEntry, deploy: Obj | None) -> Obj | None:
         owner = state.obj if state.obj.get("metadata", {}).get("uid") else None
         asked = state.pending_replicas
         replicas = asked if asked is not None else state.svc.scaling.initial_scale
@@ -431,7 +350,7 @@ class KubernetesBackend:
             log.info("model %s: updated the deployment's pod template", state.svc.name)
         return deploy
 
-    async def _ensure_service(self, state: _Model, deploy: Obj) -> None:
+    async def _ensure_service(self, state: ModelEntry, deploy: Obj) -> None:
         if state.svc.name in self._have_service:
             return
         path = f"{self._paths['svc']}/{state.svc.name}"
@@ -450,41 +369,3 @@ class KubernetesBackend:
                 raise
         self._have_service.add(state.svc.name)
 
-    async def _write_status(self, state: _Model, deploy: Obj | None, summary: Any) -> None:
-        if not state.obj.get("metadata", {}).get("uid"):
-            return  # not (yet) a stored ModelService: nothing to write status on
-        desired = int(deploy["spec"].get("replicas", 1)) if deploy is not None else 0
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.wall()))
-        previous = state.last_status or (state.obj.get("status") or {})
-        status = render_status(generation=int(state.obj["metadata"].get("generation", 1)),
-                               deployment=state.deployment, desired=desired, pods=summary,
-                               previous=previous, now_rfc3339=now, cold_start=state.cold_start,
-                               error=state.error,
-                               error_reason="InvalidSpec" if state.svc.name in self._invalid
-                               else "ReconcileError")
-        if status == state.last_status:
-            return
-        await self._patch_status(state.svc.name, status)
-        state.last_status = status
-
-    async def _write_invalid_status(self, name: str) -> None:
-        if not self.is_leader():
-            return
-        obj = self._raw[name]
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.wall()))
-        previous = self._invalid_status.get(name) or obj.get("status") or {}
-        status = render_status(generation=int(obj["metadata"].get("generation", 1)), deployment="",
-                               desired=0, pods=summarize_pods(()), previous=previous,
-                               now_rfc3339=now, cold_start=None, error=self._invalid[name],
-                               error_reason="InvalidSpec")
-        if status != self._invalid_status.get(name):
-            await self._patch_status(name, status)
-            self._invalid_status[name] = status
-
-    async def _patch_status(self, name: str, status: Obj) -> None:
-        path = f"{self._paths['ms']}/{name}/status"
-        try:
-            await self.api.request("PATCH", path, body={"status": status}, patch=True)
-        except KubeError as e:
-            if e.status != 404:  # deleted meanwhile: its DELETED event is on its way
-                raise
