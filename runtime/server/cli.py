@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.pool:
-        # A warm pool process holds no model yet: runtime/pool.py owns that lifecycle.
-        from runtime.pool import PoolOptions, run_pool
+        # A warm pool process holds no model yet: runtime/pool_process.py owns that lifecycle.
+        from runtime.pool_server import PoolOptions, run_pool
 
         return run_pool(
             PoolOptions(
