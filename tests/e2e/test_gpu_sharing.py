@@ -72,7 +72,13 @@ async def test_busy_model_is_not_evicted_request_waits(stack: Stack) -> None:
         # Hold alpha busy by pretending it has demand: its requests are queued/in flight.
         stack.backend.demand = lambda model: 1
         task = asyncio.create_task(_predict(s, url, "beta"))
-        await asyncio.sleep(1.0)
+        # Wait for beta's placement to be tried (request, poke, decision, scale), however long a
+        # loaded machine takes; then give a wrong eviction a moment to happen.
+        deadline = asyncio.get_running_loop().time() + 20
+        while stack.status()["models"]["beta"]["pending"] is None:
+            assert asyncio.get_running_loop().time() < deadline, stack.status()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
         assert not task.done()
         assert stack.status()["models"]["beta"]["pending"] is not None
         assert stack.status()["gpus"] == {"0": ["alpha"]}
