@@ -26,7 +26,8 @@ from urllib.parse import unquote
 import httptools
 
 from activator.app import Activator
-from activator.exchange import RESPONDING, WAIT_BODY, Exchange
+from activator.exchange import Exchange
+from activator.exchange_state import RESPONDING, WAIT_BODY, ExchangeState
 from activator.http1 import HOP_BY_HOP, UpstreamPool, render
 from activator.routing import Route
 from activator.tally import FLUSH_PERIOD_S, Tally
@@ -282,7 +283,7 @@ class ClientConn(asyncio.Protocol):
             else:
                 self.transport.resume_reading()
 
-    def exchange_done(self, ex: Exchange, close: bool) -> None:
+    def exchange_done(self, ex: ExchangeState, close: bool) -> None:
         if self.pipeline and self.pipeline[0] is ex:
             self.pipeline.popleft()
         if self.active is ex:
