@@ -41,6 +41,9 @@ async def test_endpoint_slices_feed_the_table_and_survive_410(k8s: Harness) -> N
         k8s.apply_model("iris", {**IRIS, "scaling": {"initialScale": 0}})
         await eventually(lambda: "iris" in act.activator.services, what="the model to be routed")
         assert act.table.get("iris").ready == ()
+        # The backend watches ModelServices on its own and ignores a scale for a model it has not
+        # seen yet (the autoscaler only learns models from it): wait until it knows this one.
+        await eventually(lambda: "iris" in b.models, what="the backend to know the model")
         await b.scale("iris", 1)
         eps = await eventually(lambda: act.table.get("iris").ready, what="a ready endpoint")
         assert eps[0].port == b.endpoints("iris").ready[0].port
