@@ -19,6 +19,7 @@ from aiohttp import web
 
 from runtime.parking import ParkingLot
 from runtime.pool_process import PoolBusy, WarmPool
+from runtime.server.app import ServeOptions, create_app
 from runtime.server.context import HOST, json_response
 from runtime.server.hf import HFModel
 from runtime.server.host import ModelHost
@@ -78,8 +79,6 @@ def add_routes(app: web.Application, pool: WarmPool) -> None:
 
 
 def create_pool_app(pool: WarmPool, *, max_body_bytes: int = 100 * 1024 * 1024) -> web.Application:
-    from runtime.server.app import create_app
-
     app = create_app(pool.host, max_body_bytes=max_body_bytes)
     assert app[HOST] is pool.host
     add_routes(app, pool)
@@ -87,11 +86,9 @@ def create_pool_app(pool: WarmPool, *, max_body_bytes: int = 100 * 1024 * 1024) 
 
 
 @dataclass(frozen=True, slots=True)
-class PoolOptions:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    drain_grace_s: float = 30.0
-    max_body_bytes: int = 100 * 1024 * 1024
+class PoolOptions(ServeOptions):
+    """A model server's options, plus the host memory that parked weights may take."""
+
     park_budget_bytes: int | None = None     # None: $ZEROSERVE_PARK_BUDGET_BYTES or 1/4 of RAM
 
 
