@@ -289,6 +289,8 @@ class Autoscaler:
             self._state = self._state.grown(len(self._state.desired), width)
         self._config_dirty = False
 
+    # --- artifacts ----------------------------------------------------------------------------
+
     def _prefetch(self, name: str) -> None:
         try:
             loop = asyncio.get_running_loop()
