@@ -77,6 +77,46 @@ class ReplicaSeen:
 class LiveRun:
     replicas: dict[str, ReplicaSeen] = field(default_factory=dict)
     latencies: list[tuple[int, float, int]] = field(default_factory=list)  # (request, seconds, status)
+    decided_at: set[float] = field(default_factory=set)  # the autoscaler's decision times (monotonic)
+    t0: float = 0.0  # monotonic time of trace second 0
+    healthy_at: float = 0.0  # monotonic time `up` first answered /healthz
+
+
+@dataclass(frozen=True)
+class LiveClock:
+    """Where the live autoscaler's tick grid and the activator's reports lay on the trace's clock.
+
+    Both processes read the same CLOCK_MONOTONIC, so /status's `decided_at` is on our clock: ticks
+    fall on a grid (the loop adds tick_s to its start) a little late, pokes anywhere. The reporter
+    cannot be watched from outside; it starts with the loop (one event-loop turn after its first
+    tick) and, sleeping a second after each report, drifts by its wake-up lateness every period,
+    which we take as the ticks' measured lateness.
+    """
+
+    tick_phase_s: float  # the grid modulo tick_s, on the monotonic clock
+    lateness_mean_s: float
+    lateness_max_s: float
+    ticks_seen: int
+    report_phase_s: float  # modulo 1 s, on the monotonic clock, at the middle of the trace
+
+
+def live_clock(run: LiveRun, tick_s: float, span_s: float) -> LiveClock:
+    phases = sorted(d % tick_s for d in run.decided_at)
+    if not phases:
+        raise RuntimeError("no decision times seen in /status")
+    # The densest 20 ms stretch (modulo the tick) holds the ticks; its earliest is the least late.
+    width = 0.02
+    best, best_count = phases[0], 0
+    for p in phases:
+        count = sum(1 for q in phases if (q - p) % tick_s < width)
+        if count > best_count:
+            best, best_count = p, count
+    late = [(q - best) % tick_s for q in phases if (q - best) % tick_s < width]
+    lateness = float(np.mean(late))
+    first_tick = run.healthy_at - ((run.healthy_at - best) % tick_s)  # the loop started by /healthz
+    middle = run.t0 + span_s / 2.0
+    report = (first_tick + lateness * (middle - first_tick)) % 1.0
+    return LiveClock(best, lateness, float(max(late)), best_count, report)
 
 
 async def watch_status(admin: str, run: LiveRun, t0: float, stop: asyncio.Event) -> None:
@@ -90,6 +130,9 @@ async def watch_status(admin: str, run: LiveRun, t0: float, stop: asyncio.Event)
                 await asyncio.sleep(0.1)
                 continue
             seen = set()
+            decided = status.get("models", {}).get(MODEL, {}).get("decided_at")
+            if isinstance(decided, float):
+                run.decided_at.add(decided)
             for r in status.get("models", {}).get(MODEL, {}).get("replicas", []):
                 rid = str(r["id"])
                 seen.add(rid)
@@ -158,6 +201,7 @@ async def live(proc: subprocess.Popen[bytes], port: int, admin_port: int, worklo
             try:
                 async with session.get(f"{admin}/healthz") as resp:
                     if resp.status == 200:
+                        run.healthy_at = time.monotonic()
                         break
             except aiohttp.ClientError:
                 pass
@@ -166,7 +210,7 @@ async def live(proc: subprocess.Popen[bytes], port: int, admin_port: int, worklo
             await asyncio.sleep(0.1)
         else:
             raise RuntimeError("zeroserve up did not answer /healthz in 30 s")
-    t0 = time.monotonic() + 1.0
+    t0 = run.t0 = time.monotonic() + 1.0
     stop = asyncio.Event()
     watcher = asyncio.create_task(watch_status(admin, run, t0, stop))
     await send_all(f"http://127.0.0.1:{port}", workload, run, t0)
@@ -230,7 +274,15 @@ def main() -> int:
     live_replica_s = sum((r.end_s or live_end) - r.first_s for r in run.replicas.values())
 
     costs = costs_from_spec(services[0], load_s=cold_mean, service_s=fixed_s)
-    outcome = simulate(services, workload, costs)
+    tick_s = services[0].scaling.tick_s
+    clock = live_clock(run, tick_s, workload.duration_s)
+    # Simulate on the monotonic clock less a whole number of tick periods, so that load buckets
+    # (whole monotonic seconds), the tick grid and the reports fall where they did live.
+    shift = run.t0 % tick_s  # tick_s is whole seconds here (the spec above)
+    shifted = Workload(workload.models, workload.arrival_s + shift, workload.model_index,
+                       workload.context_tokens, workload.generated_tokens)
+    outcome = simulate(services, shifted, costs, tick_phase_s=clock.tick_phase_s % tick_s,
+                       report_phase_s=clock.report_phase_s)
     sim = outcome.summary
     out: dict[str, Any] = {
         "requests": workload.requests,
@@ -252,13 +304,21 @@ def main() -> int:
             "calibrated_load_s": round(cold_mean, 2),
             "calibrated_overhead_s": round(fixed_s, 4),
         },
+        "live_clock": {
+            "trace_zero_mod_tick_s": round(run.t0 % tick_s, 4),
+            "tick_phase_s": round(clock.tick_phase_s, 4),
+            "tick_lateness_mean_ms": round(clock.lateness_mean_s * 1e3, 3),
+            "tick_lateness_max_ms": round(clock.lateness_max_s * 1e3, 3),
+            "ticks_seen": clock.ticks_seen,
+            "report_phase_s": round(clock.report_phase_s, 4),
+        },
     }
     # Where the two differ: each live replica (first seen, ready, stopped) and the simulated replica
     # count's change points, in seconds from the first request.
     out["live"]["replicas"] = sorted(
         [round(r.first_s, 1), round(r.ready_s or -1.0, 1), round(r.end_s or live_end, 1)]
         for r in run.replicas.values())
-    out["sim"]["replica_changes"] = [[round(t, 1), int(n)] for t, n in
+    out["sim"]["replica_changes"] = [[round(t - shift, 1), int(n)] for t, n in
                                      zip(outcome.result.timeline_s.tolist(),
                                          outcome.result.timeline_replicas.tolist(), strict=True)][1:]
     out["rel_diff_cold_starts"] = round(rel(len(run.replicas), sim.cold_starts), 4)

@@ -60,13 +60,21 @@ class BatchController:
         self.panic_total = np.zeros(n)
         self.first_s = np.full(n, _NEVER, dtype=np.int64)
         self.pending: dict[int, tuple[float, float, float]] = {}  # model -> poke (t, integral, requests)
-        # The aggregator's per-activator memory of its newest sample: bucket, samples in it, their mean.
-        self.sample_bucket = np.full(n, -1, dtype=np.int64)
-        self.sample_count = np.zeros(n, dtype=np.int64)
-        self.sample_mean = np.zeros(n)
+        # The aggregator's per-activator memory of its newest sample (ModelWindows._by_activator):
+        # after a second is filled every model has one sample there, the bucket's value; a poke in
+        # that second adds one. Only the poked models are kept: model -> (samples, their mean).
+        self.sample_extra: dict[int, tuple[int, float]] = {}
         self.last_desired = np.zeros(n, dtype=np.int64)
+        # States decided by pokes since the last tick, written into the columns at the next tick
+        # (a model is often poked several times in a row; the round trip through the columns is exact).
+        self.poked_state: dict[int, policy.PolicyState] = {}
+        # One configuration for every model (the usual fleet): a slice of any k rows equals the first
+        # k rows, so a tick takes views instead of gathering 17 columns.
+        self.uniform = len(set(self.configs)) == 1
+        self._config_by_size: dict[int, BatchConfig] = {}
         self._config_rows: npt.NDArray[np.int64] | None = None
         self._config_slice = self.config
+        self._no_pokes: dict[int, npt.NDArray[np.bool_]] = {}
 
     def _fill(self, engine: Engine, upto: int) -> None:
         """Bucket values for seconds (filled_s, upto] of every model, from the engine's ring; the
@@ -82,9 +90,8 @@ class BatchController:
                     values[i] = (ring_load[s % ring, i] - (requests if self.rps else integral)) / (s - at)
                     del self.pending[i]
             self._write(s, values)
-            self.sample_bucket[:] = s
-            self.sample_count[:] = 1
-            self.sample_mean[:] = values
+        if start <= upto:
+            self.sample_extra.clear()
         self.filled_s = max(self.filled_s, upto)
 
     def _write(self, s: int, values: npt.NDArray[np.float64]) -> None:
@@ -107,38 +114,59 @@ class BatchController:
         panic = self.panic_total[rows] / np.minimum(since, self.panic_size)
         return _round(stable), _round(panic)
 
-    def tick(self, engine: Engine, models: npt.NDArray[np.int64], now: float) -> npt.NDArray[np.int64]:
-        now_s = engine.second
-        self._fill(engine, now_s)
-        rows = models
-        stable, panic = self._windows(rows, now_s)
-        ready = engine.ready_count[rows]
-        poked = np.zeros(rows.size, dtype=np.bool_)  # pokes are decided on their own, as in the loop
+    def _config_for(self, rows: npt.NDArray[np.int64]) -> BatchConfig:
+        if self.uniform:
+            k = int(rows.size)
+            config = self._config_by_size.get(k)
+            if config is None:
+                config = BatchConfig(**{f: getattr(self.config, f)[:k] for f in _CONFIG_FIELDS})
+                self._config_by_size[k] = config
+            return config
         # Consecutive ticks often see the same active set: reuse its slice of the configuration.
         if self._config_rows is None or not np.array_equal(self._config_rows, rows):
             self._config_rows = rows.copy()
             self._config_slice = BatchConfig(**{k: getattr(self.config, k)[rows] for k in _CONFIG_FIELDS})
-        config = self._config_slice
-        state = BatchState(0, 1)
+        return self._config_slice
+
+    def _flush_pokes(self) -> None:
+        for model, state in self.poked_state.items():
+            self.state.set(model, state)
+        self.poked_state.clear()
+
+    def tick(self, engine: Engine, models: npt.NDArray[np.int64], now: float) -> npt.NDArray[np.int64]:
+        now_s = engine.second
+        self._fill(engine, now_s)
+        if self.poked_state:
+            self._flush_pokes()
+        rows = models
+        stable, panic = self._windows(rows, now_s)
+        ready = engine.ready_count[rows]
+        k = int(rows.size)
+        poked = self._no_pokes.get(k)  # pokes are decided on their own, as in the loop
+        if poked is None:
+            poked = self._no_pokes[k] = np.zeros(k, dtype=np.bool_)  # decide_batch only reads it
+        columns = self.state
+        state = BatchState.__new__(BatchState)  # the active rows' columns, without allocating n rows
         for name in _STATE_FIELDS:
-            setattr(state, name, getattr(self.state, name)[rows])
-        result = decide_batch(config, state, stable, panic, ready, poked, now)
+            setattr(state, name, getattr(columns, name)[rows])
+        result = decide_batch(self._config_for(rows), state, stable, panic, ready, poked, now)
         for name in _STATE_FIELDS:
-            getattr(self.state, name)[rows] = getattr(state, name)
+            getattr(columns, name)[rows] = getattr(state, name)
         desired = np.where(result.valid, result.desired, engine.replica_count[rows])
         self.last_desired[rows] = desired
         return desired
 
     def poke(self, engine: Engine, model: int, now: float) -> int:
         now_s = engine.second
-        self._fill(engine, now_s)
+        if self.filled_s < now_s:
+            self._fill(engine, now_s)
         integral, requests = engine.cumulative(model, now)
         inflight = float(engine.models[model].inflight)
         if self.first_s[model] == _NEVER:
             # As PolicyController: the first report is the arrival itself (an empty period).
             value = 1.0 / PERIOD_FLOOR_S if self.rps else inflight
             self._set_bucket(now_s, model, value)
-            self.sample_bucket[model], self.sample_count[model], self.sample_mean[model] = now_s, 1, value
+            self.sample_extra[model] = (1, value)
         else:
             # The reporter's period starts at its last report: this second's start, or an earlier poke.
             ring = now_s % engine.ring_s
@@ -154,11 +182,11 @@ class BatchController:
                 value = inflight
             # The reporter already sent a sample for this second: aggregation.ModelWindows averages
             # all of one activator's samples that land in one bucket.
-            count, mean = int(self.sample_count[model]), float(self.sample_mean[model])
-            new_mean = (mean * count + value) / (count + 1)
             old = float(self.buckets[now_s % self.size, model])
+            count, mean = self.sample_extra.get(model, (1, old))
+            new_mean = (mean * count + value) / (count + 1)
             self._set_bucket(now_s, model, old + new_mean - mean)
-            self.sample_count[model], self.sample_mean[model] = count + 1, new_mean
+            self.sample_extra[model] = (count + 1, new_mean)
         self.pending[model] = (now, integral, requests)
         if self.first_s[model] == _NEVER:
             self.first_s[model] = now_s
@@ -168,14 +196,21 @@ class BatchController:
         panic = _round_one(float(self.panic_total[model]) / min(since, self.panic_size))
         m = engine.models[model]
         config = self.configs[model]
-        state = self.state.get(model, config.delay_buckets)
+        state = self.poked_state.get(model)
+        if state is None:
+            state = self.state.get(model, config.delay_buckets)
         obs = Observation(stable, panic, len(m.ready), poked=True)
         result, state = policy.decide(config, state, obs, now)
-        self.state.set(model, state)
+        self.poked_state[model] = state
         desired = result.desired if result.valid else m.replicas
         self.last_desired[model] = desired
         return desired
 
     def wake_at(self, model: int, now: float) -> float | None:
-        at_rest = self.last_desired[model] == 0 and self.state.activity[model] == INACTIVE
+        poked = self.poked_state.get(model)
+        if poked is not None:
+            inactive = poked.activity == "inactive"
+        else:
+            inactive = bool(self.state.activity[model] == INACTIVE)
+        at_rest = self.last_desired[model] == 0 and inactive
         return math.inf if at_rest else None

@@ -14,6 +14,7 @@ set once it is at zero with nothing in flight and its controller has no pending 
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import math
 from typing import Any, Protocol
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from sim.state import QUEUED, REJECTED, SERVED, TIMED_OUT, ModelRun, ModelSetup, Replica, RunResult
+from sim.state import PENDING, QUEUED, REJECTED, SERVED, TIMED_OUT, ModelRun, ModelSetup, Replica, RunResult
 from sim.workloads import Workload
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ class Controller(Protocol):
 
 class Engine:
     def __init__(self, workload: Workload, setups: list[ModelSetup], controller: Controller, *,
-                 seed: int = 0, tick_s: float | None = None, tick_lateness_s: float = 0.005) -> None:
+                 seed: int = 0, tick_s: float | None = None, tick_lateness_s: float = 0.005,
+                 tick_phase_s: float = 0.0, report_phase_s: float = 0.0) -> None:
         if len(setups) != len(workload.models):
             raise ValueError(f"{len(workload.models)} models in the workload, {len(setups)} setups")
         self.workload = workload
@@ -63,6 +65,14 @@ class Engine:
         # matters: with a grace period a multiple of the tick, "since < grace" is a coin toss live,
         # and an exact simulated clock would always win it (one tick early, every scale to zero).
         self.tick_lateness_s = tick_lateness_s
+        # Where the grid lies: the live loop anchors it where it started (next_at += tick), not at
+        # the trace's zero. Ticks fall at tick_phase_s + k * tick_s (+ lateness).
+        self.tick_phase_s = tick_phase_s % self.tick_s
+        # The activator's reporter sleeps a second between reports from wherever it started: its
+        # samples are taken at s + report_phase_s and land in bucket s (the floor of their stamp).
+        if not 0.0 <= report_phase_s < 1.0:
+            raise ValueError(f"report_phase_s must be in [0, 1), got {report_phase_s}")
+        self.report_phase_s = report_phase_s
         self._tick_grid = 0.0
         n = workload.requests
         self.service_s = np.zeros(n, dtype=np.float64)
@@ -70,9 +80,14 @@ class Engine:
             mask = workload.model_index == i
             self.service_s[mask] = s.service_time.service_s(workload.context_tokens[mask],
                                                              workload.generated_tokens[mask])
-        self.start_s = np.full(n, np.nan)
-        self.state = np.zeros(n, dtype=np.int8)
-        self.cold = np.zeros(n, dtype=np.bool_)
+        # Per-request columns the event loop reads and writes as Python lists (numpy element access
+        # costs several times more per event); RunResult gets them back as arrays.
+        self._arrival: list[float] = workload.arrival_s.tolist()
+        self._owner: list[int] = workload.model_index.tolist()
+        self._service: list[float] = self.service_s.tolist()
+        self._start_s: list[float] = [math.nan] * n
+        self._state: list[int] = [PENDING] * n
+        self._cold: list[bool] = [False] * n
         # Ring of cumulative load at whole seconds: row (s % ring_s) holds every model's totals at s.
         longest = max(s.service.scaling.stable_window_s for s in setups)
         self.ring_s = math.ceil(longest) + 4
@@ -87,14 +102,14 @@ class Engine:
         # Per-model counts a batch controller reads for all active models at once.
         self.ready_count = np.zeros(count, dtype=np.int64)
         self.replica_count = np.zeros(count, dtype=np.int64)  # starting + ready (what was asked for)
-        self.queued_count = np.zeros(count, dtype=np.int64)
         self.active_mask = np.zeros(count, dtype=np.bool_)
         self.second = -1  # the last whole second in the ring
         self.now = 0.0
-        self._heap: list[tuple[float, int, int, Any]] = []
-        self._seq = 0
+        # Events: (time, kind, sequence, object, request); the sequence keeps equal times in push order.
+        self._heap: list[tuple[float, int, int, Any, int]] = []
+        self._seq = itertools.count(1)
         self._n_active = 0
-        self._dirty: set[ModelRun] = set()
+        self._dirty: list[ModelRun] = []  # models whose accounting changed since the last snapshot
         self._second_scheduled = False
         self._tick_scheduled = False
         self._replicas = 0
@@ -106,9 +121,8 @@ class Engine:
 
     # --- the clock ---------------------------------------------------------------------------
 
-    def _push(self, t: float, kind: int, obj: Any) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (t, kind, self._seq, obj))
+    def _push(self, t: float, kind: int, obj: Any, req: int = 0) -> None:
+        heapq.heappush(self._heap, (t, kind, next(self._seq), obj, req))
 
     def _activate(self, m: ModelRun) -> None:
         if not m.active:
@@ -118,12 +132,13 @@ class Engine:
         if not self._second_scheduled:
             self._second_scheduled = True
             # Back-fill the ring over the quiet stretch, so window sums across it read as no load.
-            now_s = math.floor(self.now)
-            self._snapshot(now_s)
-            self._push(now_s + 1.0, _SECOND, None)
+            last_s = math.floor(self.now - self.report_phase_s)  # the last report due by now
+            self._snapshot(last_s)
+            self._push(float(last_s + 1) + self.report_phase_s, _SECOND, None)
         if not self._tick_scheduled:
             self._tick_scheduled = True
-            self._tick_grid = math.floor(self.now / self.tick_s + 1.0) * self.tick_s
+            phase = self.tick_phase_s
+            self._tick_grid = math.floor((self.now - phase) / self.tick_s + 1.0) * self.tick_s + phase
             self._push_tick()
 
     def _push_tick(self) -> None:
@@ -131,19 +146,23 @@ class Engine:
         self._push(self._tick_grid + late, _TICK, None)
 
     def _snapshot(self, upto_s: int) -> None:
-        """Ring rows for seconds (self.second, upto_s] with the cumulative totals at upto_s."""
+        """Ring rows for seconds (self.second, upto_s] with the cumulative totals at the report time
+        of upto_s (upto_s + report_phase_s)."""
         # Copy the per-model totals that changed since the last snapshot into the mirror arrays here
         # rather than at every event: a busy model changes many times a second.
-        for m in self._dirty:
-            i = m.index
-            self._integral[i] = m.integral
-            self._inflight[i] = m.inflight
-            self._last[i] = m.last_s
-            self._requests[i] = m.requests
-        self._dirty.clear()
+        dirty = self._dirty
+        if dirty:
+            rows = [m.index for m in dirty]
+            self._integral[rows] = [m.integral for m in dirty]
+            self._inflight[rows] = [m.inflight for m in dirty]
+            self._last[rows] = [m.last_s for m in dirty]
+            self._requests[rows] = [m.requests for m in dirty]
+            for m in dirty:
+                m.dirty = False
+            dirty.clear()
         first = max(self.second + 1, upto_s - self.ring_s + 1)
         if first <= upto_s:
-            integral = self._integral + self._inflight * (upto_s - self._last)
+            integral = self._integral + self._inflight * ((upto_s + self.report_phase_s) - self._last)
             for s in range(first, upto_s + 1):
                 row = s % self.ring_s
                 self.ring_integral[row] = integral
@@ -156,7 +175,9 @@ class Engine:
         m.last_s = t
         m.inflight += d_inflight
         m.requests += d_requests
-        self._dirty.add(m)
+        if not m.dirty:
+            m.dirty = True
+            self._dirty.append(m)
 
     def cumulative(self, model: int, t: float) -> tuple[float, float]:
         """Load integral and request count of one model up to time t (t >= its last change)."""
@@ -166,25 +187,26 @@ class Engine:
     def run(self, until_s: float | None = None) -> RunResult:
         """Run to `until_s`, or until the last arrival has been served and every model is at rest
         (bounded: an hour of virtual time after the last arrival)."""
-        arrivals = self.workload.arrival_s
-        owners = self.workload.model_index
-        n = arrivals.size
+        arrivals = self._arrival
+        owners = self._owner
+        n = len(arrivals)
         cursor = 0
-        last = float(arrivals[-1]) if n else 0.0
+        last = arrivals[-1] if n else 0.0
         end = until_s if until_s is not None else last + 3600.0
         heap = self._heap
+        pop = heapq.heappop
         models = self.models
+        next_arrival = arrivals[0] if n else math.inf
+        events = 0
         while True:
-            next_arrival = float(arrivals[cursor]) if cursor < n else math.inf
             if heap and heap[0][0] <= next_arrival:
                 if heap[0][0] > end:
                     break
-                t, kind, _, obj = heapq.heappop(heap)
+                t, kind, _, obj, req = pop(heap)
                 self.now = t
-                self.events += 1
+                events += 1
                 if kind == _DONE:
-                    replica, req = obj
-                    self._complete(replica, req, t)
+                    self._complete(obj, req, t)
                 elif kind == _SECOND:
                     self._on_second(t)
                 elif kind == _TICK:
@@ -192,24 +214,27 @@ class Engine:
                 elif kind == _READY:
                     self._on_ready(obj, t)
                 elif kind == _TIMEOUT:
-                    self._on_timeout(obj, t)
+                    self._on_timeout(req, t)
                 else:
-                    self._activate(models[obj])
+                    self._activate(models[req])
             elif next_arrival <= end:
                 self.now = next_arrival
-                self.events += 1
-                self._arrive(cursor, models[int(owners[cursor])], next_arrival)
+                events += 1
+                self._arrive(cursor, models[owners[cursor]], next_arrival)
                 cursor += 1
+                next_arrival = arrivals[cursor] if cursor < n else math.inf
             else:
                 break
+        self.events += events
         if until_s is not None:
             self.now = until_s
         return self._result()
 
     def _on_second(self, t: float) -> None:
-        self._snapshot(round(t))
+        s = round(t - self.report_phase_s)
+        self._snapshot(s)
         if self._n_active:
-            self._push(t + 1.0, _SECOND, None)
+            self._push(float(s + 1) + self.report_phase_s, _SECOND, None)
         else:
             self._second_scheduled = False
 
@@ -235,7 +260,7 @@ class Engine:
                 self.active_mask[i] = False
                 self._n_active -= 1
                 if wake < math.inf:
-                    self._push(max(wake, t), _WAKE, i)
+                    self._push(max(wake, t), _WAKE, None, i)
         if self._n_active:
             self._tick_grid += self.tick_s
             self._push_tick()
@@ -247,40 +272,43 @@ class Engine:
     def _arrive(self, req: int, m: ModelRun, t: float) -> None:
         replica = self._pick(m) if not m.queued else None
         if replica is None and m.queued >= m.max_queued:
-            self.state[req] = REJECTED
+            self._state[req] = REJECTED
             return
-        self._activate(m)  # first: it back-fills the load ring with the totals before this arrival
+        if not m.active:
+            self._activate(m)  # first: it back-fills the load ring with the totals before this arrival
         self._load(m, t, 1, 1)
         if replica is not None:
             self._start(req, replica, t)
             return
-        self.state[req] = QUEUED
+        self._state[req] = QUEUED
         m.queue.append(req)
         m.queued += 1
-        self.queued_count[m.index] = m.queued
-        self._push(t + m.timeout_s, _TIMEOUT, req)
+        self._push(t + m.timeout_s, _TIMEOUT, None, req)
         if not m.ready:
             # Like activator/queue.py: every arrival at a model with no ready replica pokes (the
             # autoscaler decides again each time); one that waits for a busy replica does not.
             self.pokes += 1
             self._scale(m, self.controller.poke(self, m.index, t), t)
 
-    def _pick(self, m: ModelRun) -> Replica | None:
+    @staticmethod
+    def _pick(m: ModelRun) -> Replica | None:
+        """The ready replica with the fewest requests and a free slot (the first such on ties)."""
         best: Replica | None = None
+        cc = m.cc
         for r in m.ready:
-            if m.cc and r.inflight >= m.cc:
+            if cc and r.inflight >= cc:
                 continue
             if best is None or r.inflight < best.inflight:
                 best = r
         return best
 
     def _start(self, req: int, replica: Replica, t: float) -> None:
-        self.state[req] = SERVED
-        self.start_s[req] = t
-        if replica.ready_s > float(self.workload.arrival_s[req]):
-            self.cold[req] = True
+        self._state[req] = SERVED
+        self._start_s[req] = t
+        if replica.ready_s > self._arrival[req]:
+            self._cold[req] = True
         replica.inflight += 1
-        self._push(t + float(self.service_s[req]), _DONE, (replica, req))
+        heapq.heappush(self._heap, (t + self._service[req], _DONE, next(self._seq), replica, req))
 
     def _complete(self, replica: Replica, req: int, t: float) -> None:
         m = self.models[replica.model]
@@ -291,24 +319,24 @@ class Engine:
                 m.draining.remove(replica)
                 self._retire(m, replica, t)
             return
-        self._drain_queue(m, replica, t)
+        if m.queued:
+            self._drain_queue(m, replica, t)
 
     def _drain_queue(self, m: ModelRun, replica: Replica, t: float) -> None:
         queue = m.queue
+        state = self._state
         while m.queued and (not m.cc or replica.inflight < m.cc):
             req = queue.popleft()
-            if self.state[req] == QUEUED:
+            if state[req] == QUEUED:
                 m.queued -= 1
-                self.queued_count[m.index] = m.queued
                 self._start(req, replica, t)
 
     def _on_timeout(self, req: int, t: float) -> None:
-        if self.state[req] != QUEUED:
+        if self._state[req] != QUEUED:
             return
-        self.state[req] = TIMED_OUT
-        m = self.models[int(self.workload.model_index[req])]
+        self._state[req] = TIMED_OUT
+        m = self.models[self._owner[req]]
         m.queued -= 1
-        self.queued_count[m.index] = m.queued
         self._load(m, t, -1, 0)
 
     # --- replicas ----------------------------------------------------------------------------
@@ -374,10 +402,10 @@ class Engine:
         return RunResult(
             models=self.workload.models,
             arrival_s=self.workload.arrival_s,
-            start_s=self.start_s,
+            start_s=np.array(self._start_s, dtype=np.float64),
             service_s=self.service_s,
-            state=self.state,
-            cold=self.cold,
+            state=np.array(self._state, dtype=np.int8),
+            cold=np.array(self._cold, dtype=np.bool_),
             replica_s=replica_s,
             gpu_s=replica_s * gpus,
             cold_starts=np.array([m.cold_starts for m in self.models], dtype=np.int64),

@@ -56,9 +56,12 @@ def services_for(template: list[ModelService], workload: Workload) -> list[Model
     return [by_name.get(name) or replace(template[0], name=name) for name in workload.models]
 
 
-def make_controller(services: list[ModelService], prefer_batch: bool) -> Controller:
-    """The batch (numpy) controller when asked for and every model uses KPA, else the scalar one."""
-    if prefer_batch and all(s.scaling.policy == "kpa" for s in services):
+def make_controller(services: list[ModelService], prefer_batch: bool, report_phase_s: float = 0.0
+                    ) -> Controller:
+    """The batch (numpy) controller when asked for and every model uses KPA, else the scalar one.
+    The batch windows assume reports at whole seconds; with another report phase the scalar
+    controller (the live aggregation code itself) places every sample."""
+    if prefer_batch and report_phase_s == 0.0 and all(s.scaling.policy == "kpa" for s in services):
         from sim.batch_control import BatchController
 
         return BatchController(services)
@@ -73,13 +76,16 @@ class Outcome:
 
 
 def simulate(template: list[ModelService], workload: Workload, costs: ReplicaCosts, *, seed: int = 0,
-             batch: bool = False) -> Outcome:
+             batch: bool = False, tick_phase_s: float = 0.0, report_phase_s: float = 0.0) -> Outcome:
+    """Run and summarise. The phases place the autoscaler's tick grid and the activator's reports
+    on the workload's clock (sim/engine.py); a live system has some phase for each."""
     services = services_for(template, workload)
     if len(workload.models) == 1:
         workload = replace(workload, models=(services[0].name,))
     setups = [ModelSetup(s, costs.cold_start, costs.service_time) for s in services]
     started = time.perf_counter()
-    engine = Engine(workload, setups, make_controller(services, batch), seed=seed)
+    engine = Engine(workload, setups, make_controller(services, batch, report_phase_s), seed=seed,
+                    tick_phase_s=tick_phase_s, report_phase_s=report_phase_s)
     result = engine.run()
     wall = time.perf_counter() - started
     log.info("simulated %d requests of %d models in %.2f s (%d events)", workload.requests,

@@ -39,7 +39,7 @@ class Replica:
 class ModelRun:
     """Mutable per-model state during a run."""
 
-    __slots__ = ("active", "cc", "cold_starts", "draining", "from_zero", "gpus", "index", "inflight",
+    __slots__ = ("active", "cc", "cold_starts", "dirty", "draining", "from_zero", "gpus", "index", "inflight",
                  "integral", "last_s", "max_queued", "queue", "queued", "ready", "replica_s", "requests",
                  "setup", "starting", "timeout_s")
 
@@ -56,6 +56,7 @@ class ModelRun:
         self.queue: deque[int] = deque()  # may hold timed-out entries, skipped when reached
         self.queued = 0
         self.active = False
+        self.dirty = False  # in the engine's list of models to copy into its arrays
         # Activator-side load accounting (what activator/stats.py reports).
         self.inflight = 0
         self.integral = 0.0
