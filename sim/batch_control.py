@@ -29,6 +29,7 @@ _NEVER = np.iinfo(np.int64).max
 _CONFIG_FIELDS = tuple(BatchConfig.__dataclass_fields__)
 _STATE_FIELDS = ("activity", "activity_since", "initialized", "panic_since", "max_panic_pods", "delay_ring",
                  "delay_last_index", "desired")
+_DELAY_FIELDS = ("delay_ring", "delay_last_index")
 _SCALE = 10.0**PRECISION_DIGITS
 
 
@@ -75,6 +76,9 @@ class BatchController:
         self._config_rows: npt.NDArray[np.int64] | None = None
         self._config_slice = self.config
         self._no_pokes: dict[int, npt.NDArray[np.bool_]] = {}
+        # decide_batch touches the delay ring only for rows with a scale-down delay.
+        delays = int(self.config.delay_buckets.max()) > 0
+        self._state_fields = tuple(f for f in _STATE_FIELDS if delays or f not in _DELAY_FIELDS)
 
     def _fill(self, engine: Engine, upto: int) -> None:
         """Bucket values for seconds (filled_s, upto] of every model, from the engine's ring; the
@@ -147,10 +151,10 @@ class BatchController:
             poked = self._no_pokes[k] = np.zeros(k, dtype=np.bool_)  # decide_batch only reads it
         columns = self.state
         state = BatchState.__new__(BatchState)  # the active rows' columns, without allocating n rows
-        for name in _STATE_FIELDS:
+        for name in self._state_fields:
             setattr(state, name, getattr(columns, name)[rows])
         result = decide_batch(self._config_for(rows), state, stable, panic, ready, poked, now)
-        for name in _STATE_FIELDS:
+        for name in self._state_fields:
             getattr(columns, name)[rows] = getattr(state, name)
         desired = np.where(result.valid, result.desired, engine.replica_count[rows])
         self.last_desired[rows] = desired
@@ -169,10 +173,12 @@ class BatchController:
             self.sample_extra[model] = (1, value)
         else:
             # The reporter's period starts at its last report: this second's start, or an earlier poke.
-            ring = now_s % engine.ring_s
-            since, base_integral, base_requests = self.pending.get(
-                model, (float(now_s), float(engine.ring_integral[ring, model]),
-                        float(engine.ring_requests[ring, model])))
+            pending = self.pending.get(model)
+            if pending is None:
+                ring = now_s % engine.ring_s
+                pending = (float(now_s), float(engine.ring_integral[ring, model]),
+                           float(engine.ring_requests[ring, model]))
+            since, base_integral, base_requests = pending
             period = now - since
             if self.rps:
                 value = (requests - base_requests) / max(period, PERIOD_FLOOR_S)

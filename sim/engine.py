@@ -150,22 +150,21 @@ class Engine:
         of upto_s (upto_s + report_phase_s)."""
         # Copy the per-model totals that changed since the last snapshot into the mirror arrays here
         # rather than at every event: a busy model changes many times a second.
-        dirty = self._dirty
-        if dirty:
-            rows = [m.index for m in dirty]
-            self._integral[rows] = [m.integral for m in dirty]
-            self._inflight[rows] = [m.inflight for m in dirty]
-            self._last[rows] = [m.last_s for m in dirty]
-            self._requests[rows] = [m.requests for m in dirty]
-            for m in dirty:
-                m.dirty = False
-            dirty.clear()
+        integral, inflight, last, requests = self._integral, self._inflight, self._last, self._requests
+        for m in self._dirty:
+            i = m.index
+            integral[i] = m.integral
+            inflight[i] = m.inflight
+            last[i] = m.last_s
+            requests[i] = m.requests
+            m.dirty = False
+        self._dirty.clear()
         first = max(self.second + 1, upto_s - self.ring_s + 1)
         if first <= upto_s:
-            integral = self._integral + self._inflight * ((upto_s + self.report_phase_s) - self._last)
+            totals = self._integral + self._inflight * ((upto_s + self.report_phase_s) - self._last)
             for s in range(first, upto_s + 1):
                 row = s % self.ring_s
-                self.ring_integral[row] = integral
+                self.ring_integral[row] = totals
                 self.ring_requests[row] = self._requests
             self.second = upto_s
 
@@ -245,11 +244,13 @@ class Engine:
             return
         self.ticks += int(active.size)
         desired = self.controller.tick(self, active, t)
-        changed = np.flatnonzero(desired != self.replica_count[active])
-        for i, want in zip(active[changed].tolist(), desired[changed].tolist(), strict=True):
-            self._scale(self.models[i], want, t)
+        changed = desired != self.replica_count[active]
+        if changed.any():
+            for i, want in zip(active[changed].tolist(), desired[changed].tolist(), strict=True):
+                self._scale(self.models[i], want, t)
         # Candidates to rest: nothing asked for, nothing in flight (the draining check is per model).
-        idle = (desired == 0) & (self.replica_count[active] == 0) & (self._inflight[active] == 0)
+        # After the scaling above every active model has replica_count == desired.
+        idle = (desired == 0) & (self._inflight[active] == 0)
         for i in active[idle].tolist():
             m = self.models[i]
             if m.draining or m.inflight:  # the mirror can lag the model by events at this instant
