@@ -154,8 +154,6 @@ def test_choose_prefers_parked_then_empty_idle() -> None:
     assert pool.choose({"a": st("warming")}, "n") is None
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: runtime/pool_server.py returns on SIGTERM, but the "
-                   "process exits only once the warm-up thread (torch import, CUDA init) has finished")
 def test_sigterm_while_warming_exits_promptly(tmp_path: Path) -> None:
     """A pool process told to stop while it warms up must not first finish warming: the backend's
     close() waits up to 10 s for it, then SIGKILLs. A stand-in torch that takes 30 s to import
