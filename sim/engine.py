@@ -357,12 +357,16 @@ class Engine:
             self._count(desired - have, t)
         elif desired < have:
             for _ in range(have - desired):
-                # Like a ReplicaSet: pods not ready yet go first, then the least busy ready ones.
+                # As the local backend (and a ReplicaSet): replicas not ready yet go first, then
+                # the newest ready one, busy or not (it then drains what it has).
                 self.replica_count[m.index] -= 1
                 if m.starting:
                     self._retire(m, m.starting.pop(), t)
                     continue
-                victim = min(m.ready, key=lambda r: r.inflight)
+                victim = m.ready[0]
+                for r in m.ready:
+                    if r.created_s >= victim.created_s:
+                        victim = r
                 m.ready.remove(victim)
                 self.ready_count[m.index] -= 1
                 if victim.inflight:
