@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from sim import workloads
-from sim.scenario import costs_from_spec, simulate
+from sim.batch_control import BatchController
+from sim.control import PolicyController
+from sim.scenario import costs_from_spec, make_controller, simulate
 from sim.traces import load_trace
 from zeroserve.spec import ModelService, ScalingSpec
 
@@ -20,6 +22,18 @@ def test_batch_and_scalar_controllers_agree() -> None:
     batch = simulate(spec, wl, costs, batch=True).summary
     assert scalar.cold_starts > 40 and scalar.scale_from_zero > 20 and scalar.pokes > 100
     assert batch == scalar
+    # The tick grid somewhere else changes the run, the same way for both controllers.
+    shifted = simulate(spec, wl, costs, batch=True, tick_phase_s=1.3).summary
+    assert shifted == simulate(spec, wl, costs, batch=False, tick_phase_s=1.3).summary
+    assert shifted != batch
+
+
+def test_a_report_phase_uses_the_scalar_controller() -> None:
+    # The batch windows assume reports at whole seconds; with another phase the live aggregation
+    # code places every sample.
+    spec = [ModelService("m")]
+    assert isinstance(make_controller(spec, prefer_batch=True), BatchController)
+    assert isinstance(make_controller(spec, prefer_batch=True, report_phase_s=0.4), PolicyController)
 
 
 def test_histogram_models_use_the_scalar_controller() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -26,16 +28,22 @@ def workload(times: list[float], owners: list[int] | None = None, models: int = 
     )
 
 
-def run(times: list[float], *, load_s: float = 5.0, service_s: float = 1.0, owners: list[int] | None = None,
-        models: int = 1, scaling: ScalingSpec | None = None, queue: QueueSpec | None = None,
-        service: ServiceTimeModel | None = None, generated: list[int] | None = None,
-        tick_lateness_s: float = 0.0, seed: int = 0) -> RunResult:
+def engine(times: list[float], *, load_s: float = 5.0, service_s: float = 1.0,
+           owners: list[int] | None = None, models: int = 1, scaling: ScalingSpec | None = None,
+           queue: QueueSpec | None = None, service: ServiceTimeModel | None = None,
+           generated: list[int] | None = None, tick_lateness_s: float = 0.0, seed: int = 0,
+           tick_phase_s: float = 0.0, report_phase_s: float = 0.0) -> Engine:
     wl = workload(times, owners, models, generated)
     services = [ModelService(name, scaling=scaling or ScalingSpec(), queue=queue or QueueSpec())
                 for name in wl.models]
     setups = [ModelSetup(s, ColdStartModel(load_s=load_s), service or ServiceTimeModel(fixed_s=service_s))
               for s in services]
-    return Engine(wl, setups, PolicyController(services), seed=seed, tick_lateness_s=tick_lateness_s).run()
+    return Engine(wl, setups, PolicyController(services), seed=seed, tick_lateness_s=tick_lateness_s,
+                  tick_phase_s=tick_phase_s, report_phase_s=report_phase_s)
+
+
+def run(times: list[float], **kwargs: Any) -> RunResult:
+    return engine(times, **kwargs).run()
 
 
 def test_one_request_to_a_cold_model_pays_one_cold_start() -> None:
@@ -67,6 +75,45 @@ def test_late_ticks_lose_the_knife_edges() -> None:
                for seed in range(12)]
     assert all(96.0 <= t <= 96.0 + 2 * scaling.tick_s + 0.01 for t in removed)
     assert len({round(t) for t in removed}) >= 2  # some runs win the coin tosses, some lose them
+
+
+def test_the_tick_grid_lies_where_the_loop_started() -> None:
+    # The same run as above with the loop's grid on odd seconds: the window is empty from t=66, the
+    # first tick after it is t=67, and the grace ends at the tick 30 s later.
+    scaling = ScalingSpec(stable_window_s=60.0, scale_to_zero_grace_s=30.0)
+    result = run([0.0], load_s=5.0, service_s=1.0, scaling=scaling, tick_phase_s=1.0)
+    assert result.timeline_s[-1] == 97.0
+
+
+def test_report_phase_decides_which_bucket_holds_the_last_load() -> None:
+    # The request is served from t=5 to t=5.8. Reports at whole seconds: the one at t=6 covers
+    # (5, 6] and still sees load, so bucket 6 is the last loaded one, the window is empty at t=66,
+    # and on an odd grid the model goes inactive at 67 and to zero at 97. Reports at s + 0.9: the
+    # one at 5.9 covers the end of the request (bucket 5), the one at 6.9 sees nothing; at the tick
+    # t=65 the report for bucket 65 has not come yet, which the aggregation leaves out of the window
+    # (no report is not zero load): buckets 6..64 are empty, inactive at 65, zero at 95.
+    scaling = ScalingSpec(stable_window_s=60.0, scale_to_zero_grace_s=30.0)
+    common: dict[str, Any] = {"load_s": 5.0, "service_s": 0.8, "scaling": scaling, "tick_phase_s": 1.0}
+    assert run([0.0], **common).timeline_s[-1] == 97.0
+    assert run([0.0], report_phase_s=0.9, **common).timeline_s[-1] == 95.0
+    with pytest.raises(ValueError, match="report_phase_s"):
+        engine([0.0], report_phase_s=1.0)
+
+
+def test_scale_down_removes_the_newest_ready_replica() -> None:
+    # As the local backend does (and a ReplicaSet): the newest ready replica goes even when it is
+    # the busy one; it drains. The least busy one would have been the older, idle replica.
+    eng = engine([0.0])
+    m = eng.models[0]
+    eng._scale(m, 1, 0.0)
+    eng._scale(m, 2, 1.0)
+    older, newer = m.starting
+    for replica in (older, newer):
+        eng._on_ready(replica, 10.0)
+    newer.inflight = 1
+    eng._scale(m, 1, 20.0)
+    assert m.ready == [older]
+    assert m.draining == [newer]
 
 
 def test_shorter_window_and_grace_scale_to_zero_sooner() -> None:
