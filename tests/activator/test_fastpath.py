@@ -23,7 +23,7 @@ from activator.fastpath import FastPath
 from activator.metrics import ActivatorMetrics
 from activator.tally import Tally
 from autoscaler.backends.base import Endpoint, EndpointSet
-from tests.activator.test_proxy import RecordingSink, Upstream, _serve
+from tests.activator.test_proxy import RecordingSink, Upstream, _serve, until
 from tests.conftest import free_port
 from zeroserve.spec import parse_specs
 
@@ -248,11 +248,7 @@ async def test_client_disconnect_while_queued_frees_its_place(stack: Stack) -> N
     gate = stack.activator.gates["m"]
     assert gate.queued == 1
     writer.close()
-    for _ in range(100):
-        await asyncio.sleep(0.01)
-        if gate.queued == 0:
-            break
-    assert gate.queued == 0
+    await until(lambda: gate.queued == 0, "the queue to empty")
     assert stack.activator.tracker.models["m"].inflight == 0
     assert stack.count("m", "499") == 1
     # The slot it would have had goes to the next request, not to the ghost.
