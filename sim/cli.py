@@ -102,8 +102,15 @@ def costs(args: argparse.Namespace, services: list[ModelService],
     return costs_from_spec(services[0], **values)
 
 
+def _load(filename: Path) -> list[ModelService]:
+    try:
+        return load_specs(filename)
+    except SpecError as exc:  # each line names the file, as `zeroserve validate` does
+        raise SpecError([f"{filename}: {line}" for line in exc.errors]) from None
+
+
 def _run(args: argparse.Namespace) -> int:
-    services = load_specs(args.filename)
+    services = _load(args.filename)
     workload = build_workload(args)
     outcome = simulate(services, workload, costs(args, services), seed=args.seed, batch=args.batch)
     report: dict[str, Any] = outcome.summary.as_dict()

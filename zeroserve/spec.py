@@ -324,7 +324,7 @@ def load_specs(path_or_text: str | Path) -> list[ModelService]:
         try:
             text = path.read_text()
         except OSError as e:
-            raise SpecError([f"{path}: cannot read: {e.strerror or e}"]) from None
+            raise SpecError([f"cannot read: {e.strerror or e}"]) from None  # callers name the file
         return parse_specs(text, path.resolve())
     return parse_specs(str(path_or_text))
 

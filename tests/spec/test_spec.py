@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from zeroserve.spec import ScalingSpec, SpecError, load_specs, parse_specs
+from zeroserve.spec import ScalingSpec, SpecError, load_specs, main, parse_specs
 from zeroserve.spec_fields import parse_duration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,3 +141,15 @@ def test_bad_storage_uri() -> None:
 def test_hf_runtime_needs_a_storage_uri() -> None:
     assert _errors("kind: ModelService\nmetadata: {name: a}\nspec: {runtime: {kind: hf}}") == [
         "spec.storageUri: required for the hf runtime (the model directory)"]
+
+
+def test_validate_names_each_file_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: ModelService\nmetadata: {name: a}\nspec:\n  runtime: {model: iris}\n"
+                   "  scaling: {target: -1}\n")
+    missing = tmp_path / "missing.yaml"
+    assert main([str(bad), str(missing)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"{bad}: spec.scaling.target = -1, must be > 0",
+        f"{missing}: cannot read: No such file or directory",
+    ]
