@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sim.scenario import costs_from_spec, simulate  # noqa: E402
+from sim.state import LoopTiming  # noqa: E402
 from sim.traces import load_trace  # noqa: E402
 from sim.workloads import Workload, from_trace  # noqa: E402
 from zeroserve.spec import load_specs  # noqa: E402
@@ -88,23 +89,29 @@ class LiveRun:
 
 @dataclass(frozen=True)
 class LiveClock:
-    """Where the live autoscaler's tick grid and the activator's reports lay on the trace's clock.
+    """Where the live autoscaler's ticks and the activator's reports fell, on the monotonic clock.
 
     Both processes read the same CLOCK_MONOTONIC, so /status's `decided_at` is on our clock: ticks
     fall on a grid (the loop adds tick_s to its start) a little late, pokes anywhere. The reporter
     cannot be watched from outside; it starts with the loop (one event-loop turn after its first
     tick) and, sleeping a second after each report, drifts by its wake-up lateness every period,
-    which we take as the ticks' measured lateness.
+    which we take as the ticks' measured mean lateness.
     """
 
-    tick_phase_s: float  # the grid modulo tick_s, on the monotonic clock
+    tick_phase_s: float  # the grid modulo tick_s
+    first_tick_s: float  # the loop's first tick: the grid point before `up` answered /healthz
     lateness_mean_s: float
     lateness_max_s: float
     ticks_seen: int
-    report_phase_s: float  # modulo 1 s, on the monotonic clock, at the middle of the trace
+
+    def timing(self, tick_s: float, origin_s: float) -> LoopTiming:
+        """The same timers on a clock whose zero is origin_s (a whole number of ticks)."""
+        period = 1.0 + self.lateness_mean_s
+        return LoopTiming(tick_phase_s=self.tick_phase_s % tick_s,
+                          report_phase_s=(self.first_tick_s - origin_s) % period, report_period_s=period)
 
 
-def live_clock(run: LiveRun, tick_s: float, span_s: float) -> LiveClock:
+def live_clock(run: LiveRun, tick_s: float) -> LiveClock:
     phases = sorted(d % tick_s for d in run.decided_at)
     if not phases:
         raise RuntimeError("no decision times seen in /status")
@@ -116,11 +123,8 @@ def live_clock(run: LiveRun, tick_s: float, span_s: float) -> LiveClock:
         if count > best_count:
             best, best_count = p, count
     late = [(q - best) % tick_s for q in phases if (q - best) % tick_s < width]
-    lateness = float(np.mean(late))
-    first_tick = run.healthy_at - ((run.healthy_at - best) % tick_s)  # the loop started by /healthz
-    middle = run.t0 + span_s / 2.0
-    report = (first_tick + lateness * (middle - first_tick)) % 1.0
-    return LiveClock(best, lateness, float(max(late)), best_count, report)
+    first_tick = run.healthy_at - ((run.healthy_at - best) % tick_s)
+    return LiveClock(best, first_tick, float(np.mean(late)), float(max(late)), best_count)
 
 
 async def watch_status(admin: str, run: LiveRun, t0: float, stop: asyncio.Event) -> None:
@@ -280,18 +284,18 @@ def main() -> int:
 
     costs = costs_from_spec(services[0], load_s=cold_mean, service_s=fixed_s)
     tick_s = services[0].scaling.tick_s
-    clock = live_clock(run, tick_s, workload.duration_s)
+    clock = live_clock(run, tick_s)
     # Simulate on the monotonic clock less a whole number of tick periods, so that load buckets
     # (whole monotonic seconds), the tick grid and the reports fall where they did live.
     shift = run.t0 % tick_s  # tick_s is whole seconds here (the spec above)
+    timing = clock.timing(tick_s, run.t0 - shift)
     shifted = Workload(workload.models, workload.arrival_s + shift, workload.model_index,
                        workload.context_tokens, workload.generated_tokens)
     # The live ticks wake a little late at random, which decides knife edges ("inactive for less
     # than the grace period?" is a coin toss when the grace is a multiple of the tick): one live run
     # is one draw of them. The simulator's prediction is the mean over seeded draws; seed 0's run
     # is shown replica by replica.
-    runs = [simulate(services, shifted, costs, seed=seed, tick_phase_s=clock.tick_phase_s % tick_s,
-                     report_phase_s=clock.report_phase_s) for seed in range(args.sim_seeds)]
+    runs = [simulate(services, shifted, costs, seed=seed, timing=timing) for seed in range(args.sim_seeds)]
     outcome = runs[0]
     sim = outcome.summary
     sim_cold = np.array([r.summary.cold_starts for r in runs], dtype=np.float64)
@@ -328,7 +332,8 @@ def main() -> int:
             "tick_lateness_mean_ms": round(clock.lateness_mean_s * 1e3, 3),
             "tick_lateness_max_ms": round(clock.lateness_max_s * 1e3, 3),
             "ticks_seen": clock.ticks_seen,
-            "report_phase_s": round(clock.report_phase_s, 4),
+            "report_phase_at_zero_s": round((timing.report_phase_s - shift) % timing.report_period_s, 4),
+            "report_period_s": round(timing.report_period_s, 6),
         },
     }
     # Where the two differ: each live replica (first seen, ready, stopped) and the simulated replica

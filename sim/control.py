@@ -77,31 +77,27 @@ class PolicyController:
     # --- the activator's reporter --------------------------------------------------------------
 
     def _report_seconds(self, engine: Engine, i: int) -> None:
-        """Samples for every whole second snapshotted since this model's last report."""
-        upto = engine.second
-        phase = engine.report_phase_s  # report s is taken at s + phase and lands in bucket s
+        """Samples for every report the engine snapshotted since this model's last one."""
+        upto = engine.second  # the newest report in the engine's ring
+        time_of = engine.report_time
         cursor = self.cursor[i]
-        # Seconds older than the ring are at rest (zero load) and older than any window we keep.
+        # Reports older than the ring are at rest (zero load) and older than any window we keep.
         first = upto - engine.ring_s + 2
         if cursor is None:
-            cursor = _Cursor(float(upto) + phase, float(engine.ring_integral[upto % engine.ring_s, i]),
+            cursor = _Cursor(time_of(upto), float(engine.ring_integral[upto % engine.ring_s, i]),
                              float(engine.ring_requests[upto % engine.ring_s, i]))
-        elif cursor.at_s < float(first - 1) + phase:
+        elif cursor.at_s < time_of(first - 1):
             row = (first - 1) % engine.ring_s
-            cursor = _Cursor(float(first - 1) + phase, float(engine.ring_integral[row, i]),
+            cursor = _Cursor(time_of(first - 1), float(engine.ring_integral[row, i]),
                              float(engine.ring_requests[row, i]))
-        start = math.floor(cursor.at_s - phase) + 1  # the first report after the cursor
-        if float(start - 1) + phase > cursor.at_s:  # the subtraction rounded up
-            start -= 1
-        elif float(start) + phase <= cursor.at_s:
-            start += 1
+        start = engine.report_index(cursor.at_s) + 1  # the first report after the cursor
         name = self.services[i].name
         samples = []
         for s in range(start, upto + 1):
             row = s % engine.ring_s
             integral = float(engine.ring_integral[row, i])
             requests = float(engine.ring_requests[row, i])
-            at = float(s) + phase
+            at = time_of(s)
             period = at - cursor.at_s
             samples.append(StatSample(name, ACTIVATOR_ID, at, (integral - cursor.integral) / period,
                                       requests - cursor.requests, period))

@@ -22,7 +22,19 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from sim.state import PENDING, QUEUED, REJECTED, SERVED, TIMED_OUT, ModelRun, ModelSetup, Replica, RunResult
+from sim.state import (
+    PENDING,
+    QUEUED,
+    REJECTED,
+    SERVED,
+    TIMED_OUT,
+    WHOLE_SECONDS,
+    LoopTiming,
+    ModelRun,
+    ModelSetup,
+    Replica,
+    RunResult,
+)
 from sim.workloads import Workload
 
 log = logging.getLogger(__name__)
@@ -51,7 +63,7 @@ class Controller(Protocol):
 class Engine:
     def __init__(self, workload: Workload, setups: list[ModelSetup], controller: Controller, *,
                  seed: int = 0, tick_s: float | None = None, tick_lateness_s: float = 0.005,
-                 tick_phase_s: float = 0.0, report_phase_s: float = 0.0) -> None:
+                 timing: LoopTiming = WHOLE_SECONDS) -> None:
         if len(setups) != len(workload.models):
             raise ValueError(f"{len(workload.models)} models in the workload, {len(setups)} setups")
         self.workload = workload
@@ -66,13 +78,14 @@ class Engine:
         # and an exact simulated clock would always win it (one tick early, every scale to zero).
         self.tick_lateness_s = tick_lateness_s
         # Where the grid lies: the live loop anchors it where it started (next_at += tick), not at
-        # the trace's zero. Ticks fall at tick_phase_s + k * tick_s (+ lateness).
-        self.tick_phase_s = tick_phase_s % self.tick_s
-        # The activator's reporter sleeps a second between reports from wherever it started: its
-        # samples are taken at s + report_phase_s and land in bucket s (the floor of their stamp).
-        if not 0.0 <= report_phase_s < 1.0:
-            raise ValueError(f"report_phase_s must be in [0, 1), got {report_phase_s}")
-        self.report_phase_s = report_phase_s
+        # the trace's zero. Where the activator's reports fall: report k at report_time(k), in the
+        # bucket of its second (state.LoopTiming).
+        self.tick_phase_s = timing.tick_phase_s % self.tick_s
+        period, phase = timing.report_period_s, timing.report_phase_s
+        if not 1.0 <= period < 2.0 or not 0.0 <= phase < period:
+            raise ValueError(f"reports need a period in [1, 2) s and a phase within it, got {timing}")
+        self.report_phase_s = timing.report_phase_s
+        self.report_period_s = timing.report_period_s
         self._tick_grid = 0.0
         n = workload.requests
         self.service_s = np.zeros(n, dtype=np.float64)
@@ -132,9 +145,9 @@ class Engine:
         if not self._second_scheduled:
             self._second_scheduled = True
             # Back-fill the ring over the quiet stretch, so window sums across it read as no load.
-            last_s = math.floor(self.now - self.report_phase_s)  # the last report due by now
-            self._snapshot(last_s)
-            self._push(float(last_s + 1) + self.report_phase_s, _SECOND, None)
+            last = self.report_index(self.now)  # the last report due by now
+            self._snapshot(last)
+            self._push(self.report_time(last + 1), _SECOND, None)
         if not self._tick_scheduled:
             self._tick_scheduled = True
             phase = self.tick_phase_s
@@ -145,9 +158,21 @@ class Engine:
         late = self.tick_lateness_s * float(self.tick_rng.random()) if self.tick_lateness_s > 0 else 0.0
         self._push(self._tick_grid + late, _TICK, None)
 
+    def report_time(self, k: int) -> float:
+        """When the activator takes report k."""
+        return self.report_phase_s + k * self.report_period_s
+
+    def report_index(self, t: float) -> int:
+        """The last report taken at or before t."""
+        k = math.floor((t - self.report_phase_s) / self.report_period_s)
+        if self.report_time(k) > t:  # the division rounded up
+            k -= 1
+        elif self.report_time(k + 1) <= t:
+            k += 1
+        return k
+
     def _snapshot(self, upto_s: int) -> None:
-        """Ring rows for seconds (self.second, upto_s] with the cumulative totals at the report time
-        of upto_s (upto_s + report_phase_s)."""
+        """Ring rows for reports (self.second, upto_s] with the cumulative totals at report upto_s."""
         # Copy the per-model totals that changed since the last snapshot into the mirror arrays here
         # rather than at every event: a busy model changes many times a second.
         integral, inflight, last, requests = self._integral, self._inflight, self._last, self._requests
@@ -161,7 +186,7 @@ class Engine:
         self._dirty.clear()
         first = max(self.second + 1, upto_s - self.ring_s + 1)
         if first <= upto_s:
-            totals = self._integral + self._inflight * ((upto_s + self.report_phase_s) - self._last)
+            totals = self._integral + self._inflight * (self.report_time(upto_s) - self._last)
             for s in range(first, upto_s + 1):
                 row = s % self.ring_s
                 self.ring_integral[row] = totals
@@ -230,10 +255,10 @@ class Engine:
         return self._result()
 
     def _on_second(self, t: float) -> None:
-        s = round(t - self.report_phase_s)
+        s = round((t - self.report_phase_s) / self.report_period_s)
         self._snapshot(s)
         if self._n_active:
-            self._push(float(s + 1) + self.report_phase_s, _SECOND, None)
+            self._push(self.report_time(s + 1), _SECOND, None)
         else:
             self._second_scheduled = False
 

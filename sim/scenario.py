@@ -13,7 +13,7 @@ from sim.control import PolicyController
 from sim.engine import Controller, Engine
 from sim.models import ColdStartModel, ServiceTimeModel
 from sim.report import Summary, summarize
-from sim.state import ModelSetup, RunResult
+from sim.state import WHOLE_SECONDS, LoopTiming, ModelSetup, RunResult
 from sim.workloads import Workload
 from zeroserve.spec import ModelService
 
@@ -56,12 +56,12 @@ def services_for(template: list[ModelService], workload: Workload) -> list[Model
     return [by_name.get(name) or replace(template[0], name=name) for name in workload.models]
 
 
-def make_controller(services: list[ModelService], prefer_batch: bool, report_phase_s: float = 0.0
+def make_controller(services: list[ModelService], prefer_batch: bool, timing: LoopTiming = WHOLE_SECONDS
                     ) -> Controller:
     """The batch (numpy) controller when asked for and every model uses KPA, else the scalar one.
-    The batch windows assume reports at whole seconds; with another report phase the scalar
+    The batch windows assume reports at whole seconds; with other report times the scalar
     controller (the live aggregation code itself) places every sample."""
-    if prefer_batch and report_phase_s == 0.0 and all(s.scaling.policy == "kpa" for s in services):
+    if prefer_batch and timing.whole_seconds and all(s.scaling.policy == "kpa" for s in services):
         from sim.batch_control import BatchController
 
         return BatchController(services)
@@ -76,16 +76,15 @@ class Outcome:
 
 
 def simulate(template: list[ModelService], workload: Workload, costs: ReplicaCosts, *, seed: int = 0,
-             batch: bool = False, tick_phase_s: float = 0.0, report_phase_s: float = 0.0) -> Outcome:
-    """Run and summarise. The phases place the autoscaler's tick grid and the activator's reports
-    on the workload's clock (sim/engine.py); a live system has some phase for each."""
+             batch: bool = False, timing: LoopTiming = WHOLE_SECONDS) -> Outcome:
+    """Run and summarise. `timing` places the autoscaler's tick grid and the activator's reports on
+    the workload's clock (state.LoopTiming)."""
     services = services_for(template, workload)
     if len(workload.models) == 1:
         workload = replace(workload, models=(services[0].name,))
     setups = [ModelSetup(s, costs.cold_start, costs.service_time) for s in services]
     started = time.perf_counter()
-    engine = Engine(workload, setups, make_controller(services, batch, report_phase_s), seed=seed,
-                    tick_phase_s=tick_phase_s, report_phase_s=report_phase_s)
+    engine = Engine(workload, setups, make_controller(services, batch, timing), seed=seed, timing=timing)
     result = engine.run()
     wall = time.perf_counter() - started
     log.info("simulated %d requests of %d models in %.2f s (%d events)", workload.requests,

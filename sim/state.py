@@ -24,6 +24,30 @@ class ModelSetup:
     service_time: ServiceTimeModel
 
 
+@dataclass(frozen=True)
+class LoopTiming:
+    """Where the live system's timers fall on the workload's clock; a live system has some value of
+    each, and knife-edge decisions depend on them (docs/sim.md, "Fidelity").
+
+    The autoscaler's loop ticks at tick_phase_s + k * tick_s (plus a small random lateness): it adds
+    tick_s to its start, so the grid never drifts. The activator's reporter sleeps report_period_s
+    after each report, so its reports drift later by their own lateness every period: report k is
+    taken at report_phase_s + k * report_period_s and lands in the bucket of that second.
+    """
+
+    tick_phase_s: float = 0.0
+    report_phase_s: float = 0.0
+    report_period_s: float = 1.0
+
+    @property
+    def whole_seconds(self) -> bool:
+        """Reports exactly at whole seconds (what the batch controller's windows assume)."""
+        return self.report_phase_s == 0.0 and self.report_period_s == 1.0
+
+
+WHOLE_SECONDS = LoopTiming()  # ticks on even seconds, reports at whole seconds
+
+
 class Replica:
     __slots__ = ("created_s", "draining", "inflight", "model", "ready", "ready_s")
 

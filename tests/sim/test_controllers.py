@@ -6,6 +6,7 @@ from sim import workloads
 from sim.batch_control import BatchController
 from sim.control import PolicyController
 from sim.scenario import costs_from_spec, make_controller, simulate
+from sim.state import LoopTiming
 from sim.traces import load_trace
 from zeroserve.spec import ModelService, ScalingSpec
 
@@ -23,8 +24,9 @@ def test_batch_and_scalar_controllers_agree() -> None:
     assert scalar.cold_starts > 40 and scalar.scale_from_zero > 20 and scalar.pokes > 100
     assert batch == scalar
     # The tick grid somewhere else changes the run, the same way for both controllers.
-    shifted = simulate(spec, wl, costs, batch=True, tick_phase_s=1.3).summary
-    assert shifted == simulate(spec, wl, costs, batch=False, tick_phase_s=1.3).summary
+    grid = LoopTiming(tick_phase_s=1.3)
+    shifted = simulate(spec, wl, costs, batch=True, timing=grid).summary
+    assert shifted == simulate(spec, wl, costs, batch=False, timing=grid).summary
     assert shifted != batch
 
 
@@ -33,7 +35,8 @@ def test_a_report_phase_uses_the_scalar_controller() -> None:
     # code places every sample.
     spec = [ModelService("m")]
     assert isinstance(make_controller(spec, prefer_batch=True), BatchController)
-    assert isinstance(make_controller(spec, prefer_batch=True, report_phase_s=0.4), PolicyController)
+    assert isinstance(make_controller(spec, True, LoopTiming(report_phase_s=0.4)), PolicyController)
+    assert isinstance(make_controller(spec, True, LoopTiming(report_period_s=1.001)), PolicyController)
 
 
 def test_histogram_models_use_the_scalar_controller() -> None:

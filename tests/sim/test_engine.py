@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ from sim.control import PolicyController
 from sim.engine import Engine
 from sim.models import ColdStartModel, ServiceTimeModel
 from sim.report import summarize
-from sim.state import QUEUED, REJECTED, SERVED, TIMED_OUT, ModelSetup, RunResult
+from sim.state import QUEUED, REJECTED, SERVED, TIMED_OUT, WHOLE_SECONDS, LoopTiming, ModelSetup, RunResult
 from sim.workloads import Workload
 from zeroserve.spec import ModelService, QueueSpec, ScalingSpec
 
@@ -32,14 +33,14 @@ def engine(times: list[float], *, load_s: float = 5.0, service_s: float = 1.0,
            owners: list[int] | None = None, models: int = 1, scaling: ScalingSpec | None = None,
            queue: QueueSpec | None = None, service: ServiceTimeModel | None = None,
            generated: list[int] | None = None, tick_lateness_s: float = 0.0, seed: int = 0,
-           tick_phase_s: float = 0.0, report_phase_s: float = 0.0) -> Engine:
+           timing: LoopTiming = WHOLE_SECONDS) -> Engine:
     wl = workload(times, owners, models, generated)
     services = [ModelService(name, scaling=scaling or ScalingSpec(), queue=queue or QueueSpec())
                 for name in wl.models]
     setups = [ModelSetup(s, ColdStartModel(load_s=load_s), service or ServiceTimeModel(fixed_s=service_s))
               for s in services]
     return Engine(wl, setups, PolicyController(services), seed=seed, tick_lateness_s=tick_lateness_s,
-                  tick_phase_s=tick_phase_s, report_phase_s=report_phase_s)
+                  timing=timing)
 
 
 def run(times: list[float], **kwargs: Any) -> RunResult:
@@ -81,7 +82,7 @@ def test_the_tick_grid_lies_where_the_loop_started() -> None:
     # The same run as above with the loop's grid on odd seconds: the window is empty from t=66, the
     # first tick after it is t=67, and the grace ends at the tick 30 s later.
     scaling = ScalingSpec(stable_window_s=60.0, scale_to_zero_grace_s=30.0)
-    result = run([0.0], load_s=5.0, service_s=1.0, scaling=scaling, tick_phase_s=1.0)
+    result = run([0.0], load_s=5.0, service_s=1.0, scaling=scaling, timing=LoopTiming(tick_phase_s=1.0))
     assert result.timeline_s[-1] == 97.0
 
 
@@ -93,11 +94,24 @@ def test_report_phase_decides_which_bucket_holds_the_last_load() -> None:
     # t=65 the report for bucket 65 has not come yet, which the aggregation leaves out of the window
     # (no report is not zero load): buckets 6..64 are empty, inactive at 65, zero at 95.
     scaling = ScalingSpec(stable_window_s=60.0, scale_to_zero_grace_s=30.0)
-    common: dict[str, Any] = {"load_s": 5.0, "service_s": 0.8, "scaling": scaling, "tick_phase_s": 1.0}
-    assert run([0.0], **common).timeline_s[-1] == 97.0
-    assert run([0.0], report_phase_s=0.9, **common).timeline_s[-1] == 95.0
-    with pytest.raises(ValueError, match="report_phase_s"):
-        engine([0.0], report_phase_s=1.0)
+    common: dict[str, Any] = {"load_s": 5.0, "service_s": 0.8, "scaling": scaling}
+    assert run([0.0], timing=LoopTiming(tick_phase_s=1.0), **common).timeline_s[-1] == 97.0
+    late = LoopTiming(tick_phase_s=1.0, report_phase_s=0.9)
+    assert run([0.0], timing=late, **common).timeline_s[-1] == 95.0
+    with pytest.raises(ValueError, match="period"):
+        engine([0.0], timing=LoopTiming(report_phase_s=1.0))
+
+
+def test_a_drifting_reporter_skips_a_bucket() -> None:
+    # Reports every 1.01 s from t=0.5: report 49 is at 49.99 (bucket 49), report 50 at 51.0
+    # (bucket 51): bucket 50 never gets a report. A request served in (50.1, 50.9) falls wholly in
+    # report 50's period, whose sample lands in bucket 51; the model still sees it and scales.
+    timing = LoopTiming(report_phase_s=0.5, report_period_s=1.01)
+    eng = engine([50.1], load_s=0.0, service_s=0.8, timing=timing)
+    assert eng.report_index(50.0) == 49 and math.floor(eng.report_time(50)) == 51
+    result = eng.run()
+    assert result.cold_starts.tolist() == [1]
+    assert result.state.tolist() == [SERVED]
 
 
 def test_scale_down_removes_the_newest_ready_replica() -> None:
