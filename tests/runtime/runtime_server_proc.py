@@ -37,7 +37,7 @@ class ServerProcess:
         except urllib.error.HTTPError as e:
             return int(e.code)
 
-    def wait_ready(self, timeout_s: float = 20.0) -> None:
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.status("/v2/health/ready") == 200:
@@ -59,7 +59,7 @@ class ServerProcess:
 
 
 def start_server(
-    log_dir: Path, *args: str, ready: bool = True, extra_path: Path | None = None, timeout_s: float = 20.0
+    log_dir: Path, *args: str, ready: bool = True, extra_path: Path | None = None, timeout_s: float = 60.0
 ) -> ServerProcess:
     log_path = log_dir / f"server-{time.monotonic_ns()}.log"
     env = dict(os.environ)
