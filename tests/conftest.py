@@ -14,11 +14,22 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+# Ports handed out by free_port() in this process. A port is only reserved until its socket closes,
+# so two calls can return the same one (about 1 in 12,000 pairs here) before either server binds it:
+# `up --port P --admin-port P` then fails to start. Never hand out the same port twice.
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    port = 0
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _given:
+            break
+    _given.add(port)
+    return port
 
 
 @pytest.fixture
