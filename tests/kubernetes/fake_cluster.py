@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import copy
 import os
-import socket
 import sys
 import time
 import uuid
@@ -26,16 +25,12 @@ from typing import Any
 import aiohttp
 from emulator import Obj, Store, parse_selector, selector_matches
 
+from tests.conftest import free_port  # never the same port twice (pods start concurrently)
+
 DEPLOY, POD, SVC = "apps/v1/deployments", "v1/pods", "v1/services"
 SLICE = "discovery.k8s.io/v1/endpointslices"
 REPLICA = Path(__file__).with_name("replica.py")
 Launcher = Callable[[Obj, int], "Launch"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True, slots=True)
