@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from runtime.storage import NodeCache, TransferConfig
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KiB = 1 << 10
@@ -29,9 +30,7 @@ FAST = TransferConfig(concurrency=4, part_size_bytes=256 * KiB, min_ranged_bytes
 
 
 def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()  # the suite's one source of ports: never the same one twice
 
 
 @dataclass
