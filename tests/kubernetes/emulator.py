@@ -517,7 +517,9 @@ class ApiEmulator:
         try:
             for ev in backlog:
                 await response.write(json.dumps(ev).encode() + b"\n")
-            while True:
+            # Not only a cancel ends this loop: Python 3.11's wait_for can swallow one that lands as
+            # an event arrives, and then only the closing flag stops it.
+            while not self.closing:
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
                     break
