@@ -4,8 +4,9 @@ that runs each scheduled pod as a real local process, and the EndpointSlice cont
 Simplifications (each one documented in docs/kubernetes.md): pods are owned by the Deployment
 directly (no ReplicaSets, no rolling updates), all pods share 127.0.0.1 so each pod gets its own
 port (its containerPort is rewritten at creation, and each port gets its own EndpointSlice), the
-termination grace period is capped at 10 s, readiness is probed every 50 ms, and init containers run
-only under `container_launcher` (the stand-in launcher has none).
+termination grace period is capped at 10 s, readiness is probed every 50 ms (a ready pod turns
+unready after the probe's failureThreshold failures in a row, as the kubelet's does), and init
+containers run only under `container_launcher` (the stand-in launcher has none).
 """
 
 from __future__ import annotations
@@ -283,8 +284,13 @@ class FakeCluster:
     async def _kubelet(self, pod: Obj) -> None:
         port = _port(pod)
         launch = self.launcher(pod, port)
-        probe = (pod["spec"]["containers"][0].get("readinessProbe") or {}).get("httpGet") or {}
+        readiness = pod["spec"]["containers"][0].get("readinessProbe") or {}
+        probe = readiness.get("httpGet") or {}
         url = f"http://127.0.0.1:{port}{probe.get('path', '/')}"
+        # As the kubelet does: a ready pod turns unready only after failureThreshold probes in a row
+        # fail (one slow answer on a loaded machine must not take it out of its Service).
+        probe_timeout = aiohttp.ClientTimeout(total=float(readiness.get("timeoutSeconds", 1)))
+        failure_threshold = int(readiness.get("failureThreshold", 3))
         scheduled = {"type": "PodScheduled", "status": "True"}
         await self._run_init(pod, launch)
         if self._closing:
@@ -296,6 +302,7 @@ class FakeCluster:
             self._set_status(pod, phase="Running", podIP="127.0.0.1", hostIP="127.0.0.1",
                              conditions=[scheduled, {"type": "Ready", "status": "False"}])
             ready = False
+            failures = 0
             assert self._session is not None
             while proc.returncode is None and not self._closing:
                 current = self.store.get(POD, pod["metadata"]["namespace"], pod["metadata"]["name"])
@@ -303,10 +310,12 @@ class FakeCluster:
                     await self._stop_gracefully(current, proc)
                     return
                 try:
-                    async with self._session.get(url) as resp:
-                        now_ready = resp.status == 200
+                    async with self._session.get(url, timeout=probe_timeout) as resp:
+                        passed = resp.status == 200
                 except (aiohttp.ClientError, TimeoutError):
-                    now_ready = False
+                    passed = False
+                failures = 0 if passed else failures + 1
+                now_ready = passed or (ready and failures < failure_threshold)
                 if now_ready != ready:
                     ready = now_ready
                     self._set_status(pod, conditions=[scheduled, {"type": "Ready",
