@@ -127,7 +127,8 @@ async def test_scale_down_lets_the_request_in_flight_finish(k8s: Harness, tmp_pa
     SIGTERM, which the real runtime answers by draining; the request in flight is not lost."""
     k8s.cluster.launcher = container_launcher(tmp_path / "pods")
     dead = f"http://127.0.0.1:{free_port()}"
-    spec = {"runtime": {"model": "tiny-llm", "loadTime": "100ms", "tokenLatency": "50ms"},
+    # 40 tokens of 100 ms: the scale-down below must reach the endpoint table within these 4 s.
+    spec = {"runtime": {"model": "tiny-llm", "loadTime": "100ms", "tokenLatency": "100ms"},
             "scaling": {"initialScale": 1}}
     async with backend(k8s) as b, activator(k8s, dead) as act, aiohttp.ClientSession() as session:
         k8s.apply_model("tiny", spec)
