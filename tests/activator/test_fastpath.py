@@ -244,7 +244,7 @@ async def test_replica_killed_mid_response_cuts_the_stream_and_the_activator_sur
 async def test_client_disconnect_while_queued_frees_its_place(stack: Stack) -> None:
     _, writer = await asyncio.open_connection("127.0.0.1", stack.port)
     writer.write(b"GET /v2/models/m/ready HTTP/1.1\r\nHost: x\r\n\r\n")
-    await asyncio.wait_for(stack.sink.poked.wait(), 2)
+    await asyncio.wait_for(stack.sink.poked.wait(), 10)
     gate = stack.activator.gates["m"]
     assert gate.queued == 1
     writer.close()
@@ -316,7 +316,7 @@ async def test_drain_refuses_new_requests_and_finishes_those_in_flight(stack: St
     stack.publish("m", stack.eps[:1])
     async with aiohttp.ClientSession() as client:
         first = asyncio.create_task(client.post(f"{stack.url}/v1/models/m:predict", data=b"{}"))
-        await asyncio.wait_for(stack.ups[0].started.wait(), 2)
+        await asyncio.wait_for(stack.ups[0].started.wait(), 10)
         drain = asyncio.create_task(stack.fast.drain(5))
         await asyncio.sleep(0.05)
         async with client.get(f"{stack.url}/healthz") as r:
