@@ -179,7 +179,7 @@ async def test_warm_request_is_forwarded(stack: Stack) -> None:
 async def test_cold_request_waits_pokes_and_is_marked(stack: Stack) -> None:
     client = stack["client"]
     task = asyncio.create_task(client.get("/v2/models/m/ready"))
-    await asyncio.wait_for(stack["sink"].poked.wait(), 2)
+    await asyncio.wait_for(stack["sink"].poked.wait(), 10)
     assert stack["sink"].pokes == ["m"]
     assert stack["activator"].gates["m"].queued == 1
     await asyncio.sleep(0.1)
@@ -236,7 +236,7 @@ async def test_queue_full_and_timeout_are_503_with_retry_after(stack: Stack) -> 
 
 async def test_client_disconnect_while_queued_dequeues(stack: Stack) -> None:
     task = asyncio.create_task(stack["client"].get("/v2/models/m/ready"))
-    await asyncio.wait_for(stack["sink"].poked.wait(), 2)
+    await asyncio.wait_for(stack["sink"].poked.wait(), 10)
     assert stack["activator"].gates["m"].queued == 1
     task.cancel()
     await until(lambda: stack["activator"].gates["m"].queued == 0, "the queue to empty")
@@ -247,7 +247,7 @@ async def test_client_disconnect_cancels_upstream_request(stack: Stack) -> None:
     up.slow_s = 5
     _warm(stack)
     task = asyncio.create_task(stack["client"].post("/v1/models/m:predict", data=b"{}"))
-    await asyncio.wait_for(up.started.wait(), 2)
+    await asyncio.wait_for(up.started.wait(), 10)
     task.cancel()
     await until(lambda: up.cancelled, "the upstream handler to be cancelled")
     assert up.cancelled == 1
