@@ -85,7 +85,7 @@ async def test_cold_start_through_the_pool_then_parked(pool_port: int, tiny_llam
         except aiohttp.ClientError:
             assert asyncio.get_running_loop().time() < deadline, "pool process never listened"
             await asyncio.sleep(0.05)
-    st = await pool.wait_ready("127.0.0.1", port, timeout_s=60)
+    st = await pool.wait_ready("127.0.0.1", port, timeout_s=120)   # torch import: slow when loaded
     assert st.state == "idle", st.raw
     assert st.raw["warm_s"] > 0 and st.rss_bytes > 0
     assert await _http_status(port, "/v2/health/ready") == 503       # no model yet
