@@ -19,7 +19,7 @@ from autoscaler import policy
 from autoscaler.aggregation import PRECISION_DIGITS, window_buckets
 from autoscaler.batch import INACTIVE, BatchConfig, BatchState, decide_batch
 from autoscaler.policy import Observation
-from sim.control import PERIOD_FLOOR_S, policy_config
+from sim.control import policy_config
 from zeroserve.spec import ModelService
 
 if TYPE_CHECKING:
@@ -90,8 +90,12 @@ class BatchController:
             values = ring_load[s % ring] - ring_load[(s - 1) % ring]
             for i, (at, integral, requests) in list(self.pending.items()):
                 if at < s:
-                    # The first sample after a poke covers only the rest of that second.
-                    values[i] = (ring_load[s % ring, i] - (requests if self.rps else integral)) / (s - at)
+                    # The first sample after a poke covers only the rest of that second: its
+                    # average over that part, or (rps) its request count, which is summed per bucket.
+                    if self.rps:
+                        values[i] = ring_load[s % ring, i] - requests
+                    else:
+                        values[i] = (ring_load[s % ring, i] - integral) / (s - at)
                     del self.pending[i]
             self._write(s, values)
         if start <= upto:
@@ -167,10 +171,19 @@ class BatchController:
         integral, requests = engine.cumulative(model, now)
         inflight = float(engine.models[model].inflight)
         if self.first_s[model] == _NEVER:
-            # As PolicyController: the first report is the arrival itself (an empty period).
-            value = 1.0 / PERIOD_FLOOR_S if self.rps else inflight
+            # As PolicyController: the first report is the arrival itself (an empty period, one
+            # request).
+            value = 1.0 if self.rps else inflight
             self._set_bucket(now_s, model, value)
             self.sample_extra[model] = (1, value)
+        elif self.rps:
+            # Requests are counted, and one activator's counts in one bucket add up
+            # (aggregation.ModelWindows.record): the poke adds the requests since the last report.
+            base = self.pending.get(model)
+            base_requests = base[2] if base is not None else float(
+                engine.ring_requests[now_s % engine.ring_s, model])
+            old = float(self.buckets[now_s % self.size, model])
+            self._set_bucket(now_s, model, old + (requests - base_requests))
         else:
             # The reporter's period starts at its last report: this second's start, or an earlier poke.
             pending = self.pending.get(model)
@@ -178,14 +191,9 @@ class BatchController:
                 ring = now_s % engine.ring_s
                 pending = (float(now_s), float(engine.ring_integral[ring, model]),
                            float(engine.ring_requests[ring, model]))
-            since, base_integral, base_requests = pending
+            since, base_integral, _ = pending
             period = now - since
-            if self.rps:
-                value = (requests - base_requests) / max(period, PERIOD_FLOOR_S)
-            elif period > 0:
-                value = (integral - base_integral) / period
-            else:
-                value = inflight
+            value = (integral - base_integral) / period if period > 0 else inflight
             # The reporter already sent a sample for this second: aggregation.ModelWindows averages
             # all of one activator's samples that land in one bucket.
             old = float(self.buckets[now_s % self.size, model])

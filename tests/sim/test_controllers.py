@@ -30,6 +30,20 @@ def test_batch_and_scalar_controllers_agree() -> None:
     assert shifted != batch
 
 
+def test_batch_and_scalar_controllers_agree_on_rps() -> None:
+    # Requests are counted per one-second bucket (a poke's partial report adds its count to its
+    # second's bucket): the batch windows must count the same way, not divide by a poke's period.
+    wl = workloads.many_models(20, total_rate_per_s=3.0, duration_s=300.0, on_s=60.0, off_s=240.0, seed=4,
+                               tokens_from=load_trace("conv"))
+    spec = [ModelService("llm", scaling=ScalingSpec(metric="rps", target=0.5, container_concurrency=4,
+                                                    stable_window_s=30.0, scale_to_zero_grace_s=10.0,
+                                                    max_replicas=20))]
+    costs = costs_from_spec(spec[0], load_s=8.0, prefill_tokens_per_s=10_000.0, decode_tokens_per_s=100.0)
+    scalar = simulate(spec, wl, costs, batch=False).summary
+    assert scalar.pokes > 20 and scalar.scale_from_zero > 10
+    assert simulate(spec, wl, costs, batch=True).summary == scalar
+
+
 def test_a_report_phase_uses_the_scalar_controller() -> None:
     # The batch windows assume reports at whole seconds; with another phase the live aggregation
     # code places every sample.
