@@ -7,11 +7,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from prometheus_client import CollectorRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# Property tests check results, not speed: Hypothesis's default 200 ms deadline per example (and
+# its too-slow health check) fail a correct test whenever a shared machine stalls the process
+# ("Unreliable test timings", reported as Flaky).
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 
 # Ports handed out by free_port() in this process. A port is only reserved until its socket closes,
