@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -28,7 +28,18 @@ from autoscaler.aggregation import StatSample
 if TYPE_CHECKING:
     from autoscaler.loop import Autoscaler
 
-Gate = Callable[[web.Request], "Autoscaler | web.Response"]
+
+class StatsTarget(Protocol):
+    """What the routes act on: an Autoscaler, or something that feeds one (`zeroserve up`'s intake)."""
+
+    def __contains__(self, model: object) -> bool: ...
+    def ingest(self, samples: Iterable[StatSample]) -> None: ...
+    def poke(self, model: str) -> None: ...
+    def status(self) -> dict[str, Any]: ...
+    def model_status(self, name: str) -> dict[str, Any] | None: ...
+
+
+Gate = Callable[[web.Request], "StatsTarget | web.Response"]
 
 MAX_SAMPLES = 200_000  # one report per activator per second: 10,000 models with room to spare
 MAX_AGE_S = 10.0

@@ -78,6 +78,12 @@ class _Target:
         self.autoscaler.poke(model)
         self.backend.kick(model)
 
+    def status(self) -> dict[str, Any]:
+        return self.autoscaler.status()
+
+    def model_status(self, name: str) -> dict[str, Any] | None:
+        return self.autoscaler.model_status(name)
+
     def queued_elsewhere(self, model: str, here: str) -> int:
         """Requests other activators reported queued for `model` (`here` counts live)."""
         return sum(n for a, n in self.queued.get(model, {}).items() if a != here)
@@ -261,7 +267,7 @@ class Stack:
                 self._watchers.discard(queue)
             return resp
 
-        app.router.add_routes(stats_routes(lambda request: self.target))  # type: ignore[arg-type,return-value]
+        app.router.add_routes(stats_routes(lambda request: self.target))
         app.router.add_get("/v1/endpoints/watch", watch)
         app.router.add_get("/status", status)
         app.router.add_get("/metrics", metrics)

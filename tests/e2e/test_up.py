@@ -88,6 +88,18 @@ async def test_unknown_model_is_404_json(up: Up) -> None:
             assert "nope" in (await r.json())["error"]
 
 
+async def test_admin_serves_the_autoscaler_api(up: Up) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(up.admin + "/v1/status") as r:
+            assert r.status == 200
+            assert set((await r.json())["models"]) == {"iris", "tiny-llm"}
+        async with s.get(up.admin + "/v1/status/iris") as r:
+            assert r.status == 200
+            assert (await r.json())["policy"] == "kpa"
+        async with s.get(up.admin + "/v1/status/nope") as r:
+            assert r.status == 404
+
+
 async def test_idle_model_returns_to_zero_and_cold_starts_again(up: Up) -> None:
     async with aiohttp.ClientSession() as s:
         async with s.get(up.url + "/v2/models/iris/ready") as r:
