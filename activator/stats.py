@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -99,8 +100,16 @@ class LoadTracker:
         self.sink.poke(model)
 
     async def run(self, period_s: float = 1.0) -> None:
+        # On a fixed grid, as the autoscaler ticks: sleeping a period after each report would drift
+        # by the wake-up lateness and now and then skip one of the autoscaler's 1-second buckets.
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
         while True:
-            await asyncio.sleep(period_s)
+            next_at += period_s
+            behind = loop.time() - next_at
+            if behind > 0:  # a stalled loop: skip the missed reports rather than send a burst
+                next_at += math.ceil(behind / period_s) * period_s
+            await asyncio.sleep(next_at - loop.time())
             try:
                 self.sink.report(self.samples())
             except Exception:

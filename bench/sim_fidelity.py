@@ -94,8 +94,7 @@ class LiveClock:
     Both processes read the same CLOCK_MONOTONIC, so /status's `decided_at` is on our clock: ticks
     fall on a grid (the loop adds tick_s to its start) a little late, pokes anywhere. The reporter
     cannot be watched from outside; it starts with the loop (one event-loop turn after its first
-    tick) and, sleeping a second after each report, drifts by its wake-up lateness every period,
-    which we take as the ticks' measured mean lateness.
+    tick) and reports on its own fixed 1-second grid from there.
     """
 
     tick_phase_s: float  # the grid modulo tick_s
@@ -106,7 +105,7 @@ class LiveClock:
 
     def timing(self, tick_s: float, origin_s: float) -> LoopTiming:
         """The same timers on a clock whose zero is origin_s (a whole number of ticks)."""
-        period = 1.0 + self.lateness_mean_s
+        period = 1.0
         return LoopTiming(tick_phase_s=self.tick_phase_s % tick_s,
                           report_phase_s=(self.first_tick_s - origin_s) % period, report_period_s=period)
 

@@ -30,9 +30,9 @@ class LoopTiming:
     each, and knife-edge decisions depend on them (docs/sim.md, "Fidelity").
 
     The autoscaler's loop ticks at tick_phase_s + k * tick_s (plus a small random lateness): it adds
-    tick_s to its start, so the grid never drifts. The activator's reporter sleeps report_period_s
-    after each report, so its reports drift later by their own lateness every period: report k is
-    taken at report_phase_s + k * report_period_s and lands in the bucket of that second.
+    tick_s to its start, so the grid never drifts. The activator's reporter keeps its own grid, from
+    where it started: report k is taken at report_phase_s + k * report_period_s and lands in the
+    bucket of that second (a period other than 1 s models a reporter that drifts).
     """
 
     tick_phase_s: float = 0.0
