@@ -40,8 +40,11 @@ class ServerProcess:
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.status("/v2/health/ready") == 200:
-                return
+            try:
+                if self.status("/v2/health/ready") == 200:
+                    return
+            except OSError:  # a probe that timed out or was reset on a loaded machine: ask again
+                pass
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log()}")
             time.sleep(0.02)
