@@ -78,7 +78,10 @@ class ModelGate:
         ticket = Ticket(asyncio.get_running_loop().create_future(), now)
         self._waiting.append(ticket)
         try:
-            replica = await asyncio.wait_for(ticket.future, self.timeout_s)
+            # Not wait_for: on Python 3.11 it drops a cancel that lands in the turn the slot is
+            # handed out, and the slot would go to a client that has left.
+            async with asyncio.timeout(self.timeout_s):
+                replica = await ticket.future
         except TimeoutError:
             raise QueueTimeout(
                 f"model {self.model!r}: no replica became ready within {self.timeout_s:g}s",

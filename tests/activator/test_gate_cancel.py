@@ -1,18 +1,15 @@
 """A queued request whose client leaves in the same event-loop turn as a slot is handed to it.
 
-The gate's wait is `asyncio.wait_for(ticket.future, timeout)`. On Python 3.11, when the waiting
+The gate's wait was `asyncio.wait_for(ticket.future, timeout)`. On Python 3.11, when the waiting
 task is cancelled after the ticket's future got its result but before the task woke up, wait_for
-returns the result and drops the cancel, so the except branch in acquire() that gives such a slot
-back is never reached. The fast path copes (exchange._acquired releases a slot that arrives after
-the client left); the aiohttp path (`build_app`, which the cluster activator serves with handler
-cancellation) does not: its handler goes on to proxy the request of a client that is gone, holding
-the slot for the whole upstream call.
+returns the result and drops the cancel, so the branch in acquire() that gives such a slot back
+was never reached, and the aiohttp path (`build_app`, which the cluster activator serves) went on
+to proxy the request of a client that was gone, holding the slot for the whole upstream call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import pytest
 
@@ -20,9 +17,6 @@ from activator.queue import ModelGate
 from autoscaler.backends.base import Endpoint, EndpointSet
 
 
-@pytest.mark.xfail(sys.version_info < (3, 12), strict=True,
-                   reason="product bug: activator/queue.py acquire() waits with asyncio.wait_for, "
-                          "which on 3.11 swallows a cancel that lands as the slot is handed out")
 async def test_a_cancel_in_the_turn_of_the_hand_out_gives_the_slot_back() -> None:
     gate = ModelGate("m", capacity=1, max_queued=10, timeout_s=30, poke=lambda _model: None)
     request = asyncio.create_task(gate.acquire())
