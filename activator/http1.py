@@ -272,9 +272,8 @@ class UpstreamPool:
         return None
 
     async def connect(self, key: str, host: str, port: int) -> UpstreamConn:
-        _, conn = await asyncio.wait_for(
-            self.loop.create_connection(lambda: UpstreamConn(self, key), host, port),
-            self.connect_timeout_s)
+        async with asyncio.timeout(self.connect_timeout_s):  # not wait_for: 3.11's can drop a cancel
+            _, conn = await self.loop.create_connection(lambda: UpstreamConn(self, key), host, port)
         self.all.add(conn)
         return conn
 
