@@ -25,7 +25,8 @@ from prometheus_client import CollectorRegistry
 
 from autoscaler import metrics
 from autoscaler.aggregation import StatSample
-from autoscaler.batch import BatchConfig, BatchState, BatchWindows, decide_batch
+from autoscaler.batch import BatchConfig, BatchState, decide_batch
+from autoscaler.batch_windows import BatchWindows
 from autoscaler.config import policy_config_from_spec
 from autoscaler.decisions import DecisionTable
 from autoscaler.metrics import DecisionRow

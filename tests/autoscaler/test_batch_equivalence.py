@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autoscaler.aggregation import ModelWindows, StatSample
-from autoscaler.batch import BatchConfig, BatchState, BatchWindows, decide_batch
+from autoscaler.batch import BatchConfig, BatchState, decide_batch
+from autoscaler.batch_windows import BatchWindows
 from autoscaler.policy import Observation, PolicyConfig, PolicyState, decide, initial_state
 
 configs = st.builds(
