@@ -31,10 +31,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from autoscaler import metrics
 from autoscaler.aggregation import StatSample
-from autoscaler.backends.k8s_api import KubeApi, configuration
 from autoscaler.backends.k8s_lease import KubernetesLeaseStore
 from autoscaler.backends.k8s_render import RenderConfig
 from autoscaler.backends.kubernetes import KubernetesBackend, KubernetesConfig
+from autoscaler.backends.kubernetes_api import KubeApi, configuration
 from autoscaler.leader import ElectionConfig, LeaderElector
 from autoscaler.loop import Autoscaler
 from zeroserve.spec import ModelService

@@ -15,8 +15,8 @@ from autoscaler.backends.k8s_render import PodSummary, render_status, summarize_
 from autoscaler.backends.k8s_watch import KubeError, Obj
 
 if TYPE_CHECKING:
-    from autoscaler.backends.k8s_api import KubeApi
     from autoscaler.backends.kubernetes import ModelEntry
+    from autoscaler.backends.kubernetes_api import KubeApi
 
 
 class StatusWriter:

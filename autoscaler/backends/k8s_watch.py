@@ -3,7 +3,7 @@
 A watch resumes from the last resourceVersion it saw; when the server says that version is gone
 (410, after etcd compaction) or the connection fails, it lists again and reports the difference as
 events, so a consumer never misses a deletion. A stream that simply ends (the server's watch
-timeout) is resumed without a list. The API calls come from `KubeApi` in `k8s_api.py`; this
+timeout) is resumed without a list. The API calls come from `KubeApi` in `kubernetes_api.py`; this
 module never imports a Kubernetes client.
 """
 

@@ -1,6 +1,6 @@
 """The Kubernetes backend: each ModelService becomes a Deployment whose replicas only we write.
 
-Objects stay plain dicts; the API client (kubernetes_asyncio underneath) is `k8s_api.KubeApi`, the
+Objects stay plain dicts; the API client (kubernetes_asyncio underneath) is `kubernetes_api.KubeApi`, the
 objects are rendered by `k8s_render`, watched by `k8s_watch`, and the status subresource is written
 by `k8s_status`. Every write — creating a Deployment, the scale subresource, the status
 subresource, the prefetch list, the Lease — happens only while `is_leader()` holds, so two
@@ -28,7 +28,6 @@ from typing import Any
 import aiohttp
 
 from autoscaler.backends.base import EndpointCallback, EndpointSet
-from autoscaler.backends.k8s_api import KubeApi
 from autoscaler.backends.k8s_render import (
     LABEL_MODEL,
     RenderConfig,
@@ -42,6 +41,7 @@ from autoscaler.backends.k8s_render import (
 )
 from autoscaler.backends.k8s_status import StatusWriter
 from autoscaler.backends.k8s_watch import Informer, KubeError, Obj
+from autoscaler.backends.kubernetes_api import KubeApi
 from zeroserve.spec import ModelService, SpecError
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ from emulator import ApiError
 from k8s_harness import NS, Harness, eventually
 
 from autoscaler.backends.base import EndpointSet
-from autoscaler.backends.k8s_api import KubeApi, configuration
 from autoscaler.backends.k8s_render import RenderConfig
 from autoscaler.backends.kubernetes import KubernetesBackend, KubernetesConfig
+from autoscaler.backends.kubernetes_api import KubeApi, configuration
 
 IRIS = {"runtime": {"model": "iris"}, "scaling": {"initialScale": 1}}
 DEPLOY = "apps/v1/deployments"

@@ -20,8 +20,8 @@ from emulator import ApiEmulator
 from k8s_harness import NS
 
 from activator.discovery import ApiServer, _Watch
-from autoscaler.backends.k8s_api import KubeApi, configuration
 from autoscaler.backends.k8s_watch import KubeError
+from autoscaler.backends.kubernetes_api import KubeApi, configuration
 
 MS_PATH = f"/apis/serving.zeroserve.io/v1alpha1/namespaces/{NS}/modelservices"
 

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 from k8s_harness import NS, Harness
 
-from autoscaler.backends.k8s_api import KubeApi, configuration
 from autoscaler.backends.k8s_lease import KubernetesLeaseStore
+from autoscaler.backends.kubernetes_api import KubeApi, configuration
 from autoscaler.leader import ElectionConfig, LeaderElector
 
 
