@@ -11,20 +11,17 @@ parked host memory) and one token. Module-level imports are the core install's o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from runtime.parking import ParkingLot, to_host
 from runtime.server.hf import HFModel
-from runtime.server.host import ModelHost
+from runtime.server.host import ModelHost, in_daemon_thread
 from runtime.server.model import ModelConfig
 
 if TYPE_CHECKING:
@@ -33,7 +30,6 @@ if TYPE_CHECKING:
     from runtime.shard_reader import Loader
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def rss_bytes() -> int:
@@ -42,33 +38,6 @@ def rss_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
-
-
-async def in_daemon_thread(fn: Callable[[], T]) -> T:
-    """fn() in a daemon thread. The default executor's threads are joined at interpreter exit, so a
-    pool stopped during its warm-up (a torch import and CUDA init can take 20 s) would exit only once
-    warming had finished; a daemon thread is abandoned instead."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():  # the awaiting task was cancelled
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            result, error = fn(), None
-        except BaseException as e:  # handed to the awaiting task, which decides
-            result, error = None, e
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody awaits any more
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=run, name="pool-warm-up", daemon=True).start()
-    return await future
 
 
 def warm_generation_path() -> tuple[torch.device, Loader]:
@@ -133,7 +102,7 @@ class WarmPool:
     async def warm(self) -> None:
         started = time.perf_counter()
         try:
-            self.device, self.loader = await in_daemon_thread(warm_generation_path)
+            self.device, self.loader = await in_daemon_thread(warm_generation_path, "pool-warm-up")
             self.state = "idle"
         except Exception as e:   # reported in /pool/status; the backend replaces this process
             log.exception("pool warm-up failed")

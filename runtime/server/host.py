@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from runtime.server.errors import (
     Draining,
@@ -22,6 +22,7 @@ from runtime.server.errors import (
 from runtime.server.model import Arrays, GenerationParams, GenerativeModel, Model
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -47,28 +48,28 @@ class StartupTimes:
         }
 
 
-def _in_daemon_thread(fn: Callable[[], object], name: str) -> asyncio.Future[None]:
-    """Run ``fn`` in a daemon thread. Unlike asyncio.to_thread (the default executor, which the
-    loop joins on close), a SIGTERM during a long sync load can then exit without waiting for it."""
+def in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
+    """Run ``fn`` in a daemon thread. Unlike asyncio.to_thread (the default executor, whose threads
+    interpreter exit joins), a SIGTERM during a long sync load or warm-up can then exit at once."""
     loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
+    done: asyncio.Future[T] = loop.create_future()
 
-    def settle(error: BaseException | None) -> None:
-        if not done.done():
-            if error is None:
-                done.set_result(None)
+    def settle(outcome: tuple[T] | BaseException) -> None:
+        if not done.done():  # the awaiting task was cancelled
+            if isinstance(outcome, BaseException):
+                done.set_exception(outcome)
             else:
-                done.set_exception(error)
+                done.set_result(outcome[0])
 
     def target() -> None:
-        error: BaseException | None = None
+        outcome: tuple[T] | BaseException
         try:
-            fn()
+            outcome = (fn(),)
         except BaseException as e:
-            error = e
+            outcome = e
         try:
-            loop.call_soon_threadsafe(settle, error)
-        except RuntimeError:  # the loop is closed: the server gave up on this load
+            loop.call_soon_threadsafe(settle, outcome)
+        except RuntimeError:  # the loop is closed: nobody awaits this any more
             pass
 
     threading.Thread(target=target, name=name, daemon=True).start()
@@ -103,7 +104,7 @@ class ModelHost:
                 await self.model.load()
             else:
                 # A sync load runs in a thread so liveness keeps answering while weights are read.
-                await _in_daemon_thread(self.model.load, f"load-{self.name}")
+                await in_daemon_thread(self.model.load, f"load-{self.name}")
         except asyncio.CancelledError:
             raise  # a drain during load: the state stays "draining"
         except BaseException:
