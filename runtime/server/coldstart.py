@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 _LISTENING = re.compile(rb"listening on http://[\d.]+:(\d+)")
 _REQUESTS = {
@@ -48,42 +48,56 @@ def _post(url: str, body: Any) -> None:
 
 
 def measure_once(model: str, extra: list[str], timeout_s: float) -> dict[str, float]:
-    with tempfile.TemporaryFile() as log:
-        spawned = time.time()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.server.cli", "--port", "0", "--model", model, *extra],
-            stdout=log,
-            stderr=log,
-        )
-        try:
-            deadline = time.monotonic() + timeout_s
-            port = None
-            while port is None:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    log.seek(0)
-                    raise RuntimeError(f"server did not start: {log.read().decode(errors='replace')}")
-                log.seek(0)
-                m = _LISTENING.search(log.read())
-                port = int(m.group(1)) if m else None
-                if port is None:
-                    time.sleep(0.002)
-            base = f"http://127.0.0.1:{port}"
-            while _status(base + "/v2/health/ready") != 200:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("server did not become ready")
-                time.sleep(0.002)
-            ready_seen = time.time()
-            name = model
-            path, body = _REQUESTS.get(model, ("", None))
-            if body is not None:
-                body = json.loads(json.dumps(body).replace("{name}", name))
-                _post(base + path.format(name=name), body)
-            answered = time.time()
-            with urllib.request.urlopen(f"{base}/v2/models/{name}/stats", timeout=5) as r:
-                startup = json.load(r)["startup"]
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+    # The child writes its log through its own append-mode handle and we read through another: a
+    # shared handle would share one file offset, and our seek(0) could make the child write over the
+    # "listening on" line before we read it.
+    with tempfile.TemporaryDirectory() as tmp:
+        log_path = Path(tmp) / "server.log"
+        with open(log_path, "ab") as log_w, open(log_path, "rb") as log_r:
+            return _measure(model, extra, timeout_s, log_w, log_r)
+
+
+def _measure(
+    model: str, extra: list[str], timeout_s: float, log_w: BinaryIO, log_r: BinaryIO
+) -> dict[str, float]:
+    spawned = time.time()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime.server.cli", "--port", "0", "--model", model, *extra],
+        stdout=log_w,
+        stderr=log_w,
+    )
+    seen = b""
+    try:
+        deadline = time.monotonic() + timeout_s
+        port = None
+        while port is None:
+            seen += log_r.read()
+            m = _LISTENING.search(seen)
+            port = int(m.group(1)) if m else None
+            if port is not None:
+                break
+            exited = proc.poll()
+            if exited is not None or time.monotonic() > deadline:
+                why = f"exited with {exited}" if exited is not None else f"no port after {timeout_s:.0f} s"
+                raise RuntimeError(f"server did not start ({why}): {seen.decode(errors='replace')}")
+            time.sleep(0.002)
+        base = f"http://127.0.0.1:{port}"
+        while _status(base + "/v2/health/ready") != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not become ready")
+            time.sleep(0.002)
+        ready_seen = time.time()
+        name = model
+        path, body = _REQUESTS.get(model, ("", None))
+        if body is not None:
+            body = json.loads(json.dumps(body).replace("{name}", name))
+            _post(base + path.format(name=name), body)
+        answered = time.time()
+        with urllib.request.urlopen(f"{base}/v2/models/{name}/stats", timeout=5) as r:
+            startup = json.load(r)["startup"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
     return {
         "spawn_to_process_s": startup["process_start_unix"] - spawned,
         "imports_s": startup["imports_s"],
