@@ -203,6 +203,10 @@ class ClusterDiscovery:
             self.table.update(model, EndpointSet(model, ready, self._version))
 
 
+class ReportRejected(RuntimeError):
+    """The autoscaler answered a report with a client error: the body, not the link, is at fault."""
+
+
 class HttpLoadSink:
     """`LoadSink` over HTTP to the autoscaler leader."""
 
@@ -247,6 +251,8 @@ class HttpLoadSink:
                     parts = urlsplit(resp.headers["Location"])
                     base = self.leader_url = f"{parts.scheme}://{parts.netloc}"
                     continue
+                if resp.status in (400, 413, 422):
+                    raise ReportRejected(f"POST {path}: HTTP {resp.status}: {await resp.text()}")
                 if resp.status >= 300:
                     raise RuntimeError(f"POST {path}: HTTP {resp.status}")
                 return
@@ -264,10 +270,14 @@ class HttpLoadSink:
                 if due or samples:
                     body = {"samples": [{**asdict(s), "at": s.at + self._offset_s} for s in samples]}
                     await self._post(session, "/v1/stats", body)
+                    samples = []  # delivered: a failed poke below must not send them twice
                 if pokes:
                     await self._post(session, "/v1/poke", {"models": pokes})
                 self.sent += 1
                 delay = 0.2
+            except ReportRejected as e:  # the body itself is refused: sending it again cannot help
+                self.failures += 1
+                log.warning("autoscaler refused a load report (%d samples dropped): %s", len(samples), e)
             except (aiohttp.ClientError, TimeoutError, RuntimeError, OSError) as e:
                 self.failures += 1
                 if self.failures == 1 or self.failures % 60 == 0:
@@ -275,7 +285,12 @@ class HttpLoadSink:
                                 "meanwhile", self.failures, e)
                 self.leader_url = ""  # the leader may have moved: ask the Service again
                 self._pokes.update(pokes)  # a cold request depends on its poke: try again
+                # Samples carry their own time, so the new leader files them in the right seconds;
+                # ones older than its window it drops itself. Oldest first, within the bound.
+                self._samples[:0] = samples
+                del self._samples[: max(0, len(self._samples) - self.max_pending)]
+                self._report_due = self._report_due or due
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                if self._pokes:
+                if self._pokes or self._samples:
                     self._wake.set()
