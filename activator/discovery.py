@@ -270,7 +270,7 @@ class HttpLoadSink:
                 if due or samples:
                     body = {"samples": [{**asdict(s), "at": s.at + self._offset_s} for s in samples]}
                     await self._post(session, "/v1/stats", body)
-                    samples = []  # delivered: a failed poke below must not send them twice
+                    samples, due = [], False  # delivered: a failed poke must not resend them
                 if pokes:
                     await self._post(session, "/v1/poke", {"models": pokes})
                 self.sent += 1

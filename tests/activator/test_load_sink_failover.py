@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -40,6 +41,19 @@ async def server() -> AsyncIterator[tuple[Autoscaler, str]]:
     await runner.cleanup()
 
 
+@contextlib.asynccontextmanager
+async def running(url: str) -> AsyncIterator[HttpLoadSink]:
+    """An HttpLoadSink to `url`, its send loop running for the body of the block."""
+    sink = HttpLoadSink(url, None)
+    async with aiohttp.ClientSession() as session:
+        task = asyncio.create_task(sink.run(session))
+        try:
+            yield sink
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
 async def eventually(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not check():
@@ -59,21 +73,16 @@ def delivered(fake: Autoscaler) -> list[float]:
 async def test_samples_reported_during_an_outage_arrive_once_after_it(
         server: tuple[Autoscaler, str]) -> None:
     fake, url = server
-    sink = HttpLoadSink(url, None)
     fake.status_for["/v1/stats"] = 503
-    async with aiohttp.ClientSession() as session:
-        task = asyncio.create_task(sink.run(session))
-        try:
-            for at in (1.0, 2.0, 3.0):
-                sink.report([sample(at)])
-                await asyncio.sleep(0.05)
-            await eventually(lambda: sink.failures >= 2)
-            fake.status_for.clear()  # the autoscaler is back
-            sink.report([sample(4.0)])
-            await eventually(lambda: len(delivered(fake)) == 4)
-            await asyncio.sleep(0.3)  # time for a duplicate to show up, were one sent
-        finally:
-            task.cancel()
+    async with running(url) as sink:
+        for at in (1.0, 2.0, 3.0):
+            sink.report([sample(at)])
+            await asyncio.sleep(0.05)
+        await eventually(lambda: sink.failures >= 2)
+        fake.status_for.clear()  # the autoscaler is back
+        sink.report([sample(4.0)])
+        await eventually(lambda: len(delivered(fake)) == 4)
+        await asyncio.sleep(0.3)  # time for a duplicate to show up, were one sent
     offset = sink._offset_s
     assert [round(at - offset, 6) for at in delivered(fake)] == [1.0, 2.0, 3.0, 4.0]
 
@@ -81,18 +90,13 @@ async def test_samples_reported_during_an_outage_arrive_once_after_it(
 async def test_a_failed_poke_is_retried_without_resending_the_samples(
         server: tuple[Autoscaler, str]) -> None:
     fake, url = server
-    sink = HttpLoadSink(url, None)
     fake.status_for["/v1/poke"] = 503
-    async with aiohttp.ClientSession() as session:
-        task = asyncio.create_task(sink.run(session))
-        try:
-            sink.report([sample(1.0)])
-            sink.poke("iris")
-            await eventually(lambda: sink.failures >= 1)
-            fake.status_for.clear()
-            await eventually(lambda: any(path == "/v1/poke" for path, _ in fake.received))
-        finally:
-            task.cancel()
+    async with running(url) as sink:
+        sink.report([sample(1.0)])
+        sink.poke("iris")
+        await eventually(lambda: sink.failures >= 1)
+        fake.status_for.clear()
+        await eventually(lambda: any(path == "/v1/poke" for path, _ in fake.received))
     assert len(delivered(fake)) == 1
     assert [body for path, body in fake.received if path == "/v1/poke"] == [{"models": ["iris"]}]
 
@@ -100,16 +104,11 @@ async def test_a_failed_poke_is_retried_without_resending_the_samples(
 async def test_a_report_the_autoscaler_refuses_is_dropped_not_resent(
         server: tuple[Autoscaler, str]) -> None:
     fake, url = server
-    sink = HttpLoadSink(url, None)
     fake.status_for["/v1/stats"] = 400
-    async with aiohttp.ClientSession() as session:
-        task = asyncio.create_task(sink.run(session))
-        try:
-            sink.report([sample(1.0)])
-            await eventually(lambda: sink.failures == 1)
-            fake.status_for.clear()
-            sink.report([sample(2.0)])
-            await eventually(lambda: len(delivered(fake)) == 1)
-        finally:
-            task.cancel()
+    async with running(url) as sink:
+        sink.report([sample(1.0)])
+        await eventually(lambda: sink.failures == 1)
+        fake.status_for.clear()
+        sink.report([sample(2.0)])
+        await eventually(lambda: len(delivered(fake)) == 1)
     assert [round(at - sink._offset_s, 6) for at in delivered(fake)] == [2.0]
