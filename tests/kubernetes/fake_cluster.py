@@ -120,7 +120,10 @@ class FakeCluster:
         self.launcher = launcher
         self.gpus = gpus
         self.kubelets: dict[str, asyncio.Task[None]] = {}  # pod uid -> task
+        # Kubelets of pods deleted outright, still stopping their process: close() waits for them.
+        self._stopping: set[asyncio.Task[None]] = set()
         self.started_pods: list[str] = []  # pod names, in start order
+        self.sigterm_at: dict[str, float] = {}  # pod name -> time.monotonic() of its SIGTERM
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         # Python 3.11's wait_for can swallow a cancel that lands as its awaitable completes, so
@@ -133,13 +136,22 @@ class FakeCluster:
 
     async def close(self) -> None:
         self._closing = True
-        pending = {t for t in [self._task, *self.kubelets.values()] if t is not None}
-        while pending:  # cancelled again until done: one cancel may be swallowed (see __init__)
-            for t in pending:
-                t.cancel()
-            done, pending = await asyncio.wait(pending, timeout=1.0)
+        pending = {t for t in [self._task, *self.kubelets.values(), *self._stopping] if t is not None}
+        for t in pending:
+            t.cancel()
+        # One cancel suffices: a swallowed one (see __init__) ends the loop at its next check of
+        # _closing. Cancelling again every second, as this once did, interrupted a kubelet's own
+        # cleanup (up to 3 s for its process to exit after SIGTERM, then SIGKILL) whenever a
+        # loaded machine made that slow, and left the pod's process running past the test.
+        # Only a task still running after every such bound (10 s grace + 3 s) is cancelled again.
+        timeout_s = 20.0
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=timeout_s)
             for t in done:  # retrieved, so a kubelet's failure is not logged as never retrieved
                 _ = t.cancelled() or t.exception()
+            for t in pending:
+                t.cancel()
+            timeout_s = 1.0
         if self._session is not None:
             await self._session.close()
 
@@ -169,6 +181,9 @@ class FakeCluster:
             if uid not in live:
                 task.cancel()
                 del self.kubelets[uid]
+                if not task.done():
+                    self._stopping.add(task)
+                    task.add_done_callback(self._stopping.discard)
 
     def _owned_pods(self, deploy: Obj) -> list[Obj]:
         """The Deployment's pods that are not terminating (those no longer count as replicas)."""
@@ -336,6 +351,7 @@ class FakeCluster:
     async def _stop_gracefully(self, pod: Obj, proc: asyncio.subprocess.Process) -> None:
         self._set_status(pod, conditions=[{"type": "PodScheduled", "status": "True"},
                                           {"type": "Ready", "status": "False"}])
+        self.sigterm_at[pod["metadata"]["name"]] = time.monotonic()
         proc.terminate()
         # Capped: a test should not wait a production grace period for a stuck process.
         grace_s = min(float(pod["metadata"].get("deletionGracePeriodSeconds", 30)), 10.0)
