@@ -8,7 +8,7 @@ import base64
 import hashlib
 import json
 import os
-import socket
+import re
 import subprocess
 import sys
 import time
@@ -20,7 +20,6 @@ import pytest
 from aiohttp import web
 
 from runtime.storage import NodeCache, TransferConfig
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KiB = 1 << 10
@@ -29,8 +28,45 @@ MiB = 1 << 20
 FAST = TransferConfig(concurrency=4, part_size_bytes=256 * KiB, min_ranged_bytes=512 * KiB, backoff_s=0.01)
 
 
-def _port() -> int:
-    return free_port()  # the suite's one source of ports: never the same one twice
+async def serve_on_free_port(runner: web.AppRunner) -> str:
+    """Start `runner` (set up) on a port the kernel picks as it binds, and return its base URL.
+
+    A port chosen first and bound later can be taken in between by any process on the machine."""
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+def wait_for_listening(
+    proc: subprocess.Popen[bytes], log_path: Path, pattern: str, timeout_s: float, what: str
+) -> int:
+    """The port a subprocess server bound to port 0 reports in its log once it listens.
+
+    The server writes the log through its own handle and this reads it afresh each time, so no
+    file offset is shared. The pattern must match the whole port: a line read half-written ends
+    inside the number, and must not match.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = log_path.read_text(errors="replace")
+        match = re.search(pattern, text)
+        if match:
+            return int(match.group(1))
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            raise RuntimeError(f"{what} did not start in {timeout_s:.0f} s (exit {proc.returncode}):\n{text}")
+        time.sleep(0.05)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it is still there after timeout_s: teardown never hangs on it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @dataclass
@@ -146,10 +182,7 @@ async def file_server() -> AsyncIterator[FileServer]:
     app.router.add_route("*", "/{tail:.*}", server.handle)
     runner = web.AppRunner(app, shutdown_timeout=0.5)  # don't wait on a handler a test left stalled
     await runner.setup()
-    port = _port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    server.url = f"http://127.0.0.1:{port}"
+    server.url = await serve_on_free_port(runner)
     yield server
     await runner.cleanup()
 
@@ -216,23 +249,17 @@ class Moto:
 
 
 @pytest.fixture(scope="session")
-def moto_server() -> Iterator[Moto]:
-    port = _port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto server did not start") from None
-            time.sleep(0.05)
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
+    # Port 0: moto binds a free port itself and logs it (" * Running on http://127.0.0.1:PORT").
+    # Its log (a line per request) goes to a file: a pipe nobody drains would block it once full.
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    port = wait_for_listening(proc, log_path, r"Running on http://127\.0\.0\.1:(\d+)\s", 60, "moto server")
     endpoint = f"http://127.0.0.1:{port}"
     env = {
         "AWS_ACCESS_KEY_ID": "test",
@@ -240,9 +267,10 @@ def moto_server() -> Iterator[Moto]:
         "AWS_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": endpoint,
     }
-    yield Moto(endpoint, env)
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        yield Moto(endpoint, env)
+    finally:
+        stop_process(proc)
 
 
 def write_json(path: Path, data: object) -> None:

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from runtime.storage import NodeCache, NotFoundError, materialize
-from storage_servers import FAST, MiB, _port
+from storage_servers import FAST, MiB, stop_process, wait_for_listening
 
 # Azurite's well-known development account (public, documented by Microsoft).
 ACCOUNT = "devstoreaccount1"
@@ -30,32 +28,29 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dic
     if exe is None:
         pytest.skip("azurite-blob not found (npm install azurite; put it on PATH or set AZURITE_BLOB)")
     blob = pytest.importorskip("azure.storage.blob")
-    port = _port()
     data = tmp_path_factory.mktemp("azurite")
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            str(port),
-            "--location",
-            str(data),
-            "--silent",
-            "--skipApiVersionCheck",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log_path = data.parent / f"{data.name}.log"
+    # Port 0: Azurite binds a free port itself and logs it. No telemetry: CI may have no network,
+    # and a test must not wait on (or depend on) a request to Microsoft's ingestion endpoint.
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                exe,
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                "0",
+                "--location",
+                str(data),
+                "--silent",
+                "--skipApiVersionCheck",
+                "--disableTelemetry",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "azurite did not start"
-                time.sleep(0.05)
+        port = wait_for_listening(proc, log_path, r"listens on http://127\.0\.0\.1:(\d+)\s", 60, "azurite")
         url = f"http://127.0.0.1:{port}"
         conn = (
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
@@ -71,8 +66,7 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dic
             container.upload_blob(name, body)
         yield url, objects
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from runtime.storage import NodeCache, NotFoundError, materialize
-from storage_servers import FAST, MiB, _port
+from storage_servers import FAST, MiB, serve_on_free_port
 
 MODIFIED = "Mon, 02 Jun 2025 10:00:00 GMT"
 
@@ -75,9 +75,7 @@ async def gcs(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Gcs]:
     app.router.add_route("*", "/{bucket}/{key:.+}", g.get_object)
     runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
-    port = _port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    monkeypatch.setenv("GOOGLE_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("GOOGLE_BASE_URL", await serve_on_free_port(runner))
     monkeypatch.setenv("GOOGLE_SKIP_SIGNATURE", "true")
     yield g
     await runner.cleanup()

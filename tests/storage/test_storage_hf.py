@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from runtime.storage import AccessDeniedError, IntegrityError, NodeCache, NotFoundError, materialize
-from storage_servers import FAST, MiB, _port
+from storage_servers import FAST, MiB, serve_on_free_port
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -103,9 +103,7 @@ async def hub(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Hub]:
     app.router.add_get("/cdn/{path:.+}", h.cdn)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = _port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    h.url = f"http://127.0.0.1:{port}"
+    h.url = await serve_on_free_port(runner)
     monkeypatch.setenv("HF_ENDPOINT", h.url)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
