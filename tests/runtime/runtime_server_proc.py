@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-_LISTENING = re.compile(r"listening on http://[\d.]+:(\d+)")
+# The space after the port: a line read while half-written must not yield a truncated port.
+_LISTENING = re.compile(r"listening on http://[\d.]+:(\d+) ")
 
 
 @dataclass

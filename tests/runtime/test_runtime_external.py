@@ -40,7 +40,7 @@ def standin(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
             stderr=out,
         )
     deadline = time.monotonic() + 15
-    while not (match := re.search(r"listening on (http://\S+)", log.read_text())):
+    while not (match := re.search(r"listening on (http://\S+) ", log.read_text())):
         assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
         time.sleep(0.01)
     yield proc, match.group(1)
