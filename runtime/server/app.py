@@ -71,16 +71,31 @@ async def serve(host: ModelHost, options: ServeOptions, gpus: GpuInventory | Non
     # The drain grace below is the bound on in-flight work; aiohttp's own wait on top stays short.
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.25)
     await runner.setup()
-    site = web.TCPSite(runner, options.host, options.port, backlog=1024, reuse_address=True)
-    await site.start()
-    host.times.listening_unix = time.time()
-    port = runner.addresses[0][1] if runner.addresses else options.port
-    log.info("listening on http://%s:%d model=%s (loading)", options.host, port, host.name)
-
+    # The handlers go in before the port is announced: whoever reads "listening on" may send
+    # SIGTERM at once (a backend scaling down a replica that just started), and before this that
+    # signal's default action killed the process (-15) instead of a drain.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, options.host, options.port, backlog=1024, reuse_address=True)
+        await site.start()
+        host.times.listening_unix = time.time()
+        port = runner.addresses[0][1] if runner.addresses else options.port
+        log.info("listening on http://%s:%d model=%s (loading)", options.host, port, host.name)
+        return await _serve_until_stopped(app, host, options, stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        log.info("stopped model=%s served=%d", host.name, host.served)
+
+
+async def _serve_until_stopped(
+    app: web.Application, host: ModelHost, options: ServeOptions, stop: asyncio.Event
+) -> int:
+    """Load, serve until `stop` is set, then drain. Returns the exit code."""
     load = asyncio.create_task(host.load())
     stopping = asyncio.create_task(stop.wait())
     try:
@@ -113,7 +128,3 @@ async def serve(host: ModelHost, options: ServeOptions, gpus: GpuInventory | Non
         for task in (load, stopping):
             task.cancel()
         await asyncio.gather(load, stopping, return_exceptions=True)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        await runner.cleanup()
-        log.info("stopped model=%s served=%d", host.name, host.served)

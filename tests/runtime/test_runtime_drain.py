@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import aiohttp
-from runtime_server_proc import start_server
+from runtime_server_proc import REPO, start_server
 
 from runtime.server.tiny_llm import pseudo_text
 
@@ -109,3 +112,21 @@ async def test_client_disconnect_mid_stream_frees_the_slot(tmp_path: Path) -> No
         assert time.monotonic() - closed_at < 6.0, "the server kept generating for a client that left"
     assert "client went away mid-stream" in server.log()
     assert await asyncio.to_thread(server.stop) == 0
+
+
+def test_sigterm_right_after_listening_is_logged_drains() -> None:
+    # A SIGTERM sent the moment "listening on" appears (a backend stopping a replica it just saw
+    # start) used to land before the server's handlers were installed: killed with -15, no drain.
+    helper = Path(__file__).with_name("sigterm_on_listening.py")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    args = ["runtime.server.app", "runtime.server.cli", "--port", "0", "--model", "tiny-llm"]
+    proc = subprocess.run(
+        [sys.executable, str(helper), *args, "--load-time-s", "30"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "listening on" in proc.stderr and "draining model=tiny-llm" in proc.stderr
