@@ -104,24 +104,28 @@ async def serve_pool(options: PoolOptions, started_unix: float | None = None) ->
     app = create_pool_app(pool, max_body_bytes=options.max_body_bytes)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, options.host, options.port, backlog=1024, reuse_address=True)
-    await site.start()
-    host.times.listening_unix = time.time()
-    log.info("pool process listening on http://%s:%d (warming)", options.host, options.port)
+    # Handlers before the port is announced: a SIGTERM sent as soon as "listening on" shows must
+    # drain, not kill the process with the signal's default action (-15).
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    warm = asyncio.create_task(pool.warm())
     try:
-        await stop.wait()
-        host.start_drain()
-        if not await host.wait_idle(options.drain_grace_s):
-            log.warning("drain grace over with %d requests in flight", host.in_flight)
-        return 0
+        site = web.TCPSite(runner, options.host, options.port, backlog=1024, reuse_address=True)
+        await site.start()
+        host.times.listening_unix = time.time()
+        log.info("pool process listening on http://%s:%d (warming)", options.host, options.port)
+        warm = asyncio.create_task(pool.warm())
+        try:
+            await stop.wait()
+            host.start_drain()
+            if not await host.wait_idle(options.drain_grace_s):
+                log.warning("drain grace over with %d requests in flight", host.in_flight)
+            return 0
+        finally:
+            warm.cancel()
+            await asyncio.gather(warm, return_exceptions=True)
     finally:
-        warm.cancel()
-        await asyncio.gather(warm, return_exceptions=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await runner.cleanup()

@@ -154,18 +154,23 @@ def test_choose_prefers_parked_then_empty_idle() -> None:
     assert pool.choose({"a": st("warming")}, "n") is None
 
 
+def _env_with_slow_torch(tmp_path: Path) -> dict[str, str]:
+    """A stand-in torch that takes 30 s to import: the warm-up outlasts any reasonable stop."""
+    slow = tmp_path / "slow" / "torch"
+    slow.mkdir(parents=True)
+    (slow / "__init__.py").write_text("import time\ntime.sleep(30)\nraise ImportError('stand-in torch')\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(slow.parent), str(REPO)]),
+            "CUDA_VISIBLE_DEVICES": ""}
+
+
 def test_sigterm_while_warming_exits_promptly(tmp_path: Path) -> None:
     """A pool process told to stop while it warms up must not first finish warming: the backend's
     close() waits up to 10 s for it, then SIGKILLs. A stand-in torch that takes 30 s to import
     makes the warm-up outlast any reasonable stop, on any machine."""
-    slow = tmp_path / "slow" / "torch"
-    slow.mkdir(parents=True)
-    (slow / "__init__.py").write_text("import time\ntime.sleep(30)\nraise ImportError('stand-in torch')\n")
     log_path = tmp_path / "pool.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(slow.parent), str(REPO)]),
-           "CUDA_VISIBLE_DEVICES": ""}
+    env = _env_with_slow_torch(tmp_path)
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([*POOL_COMMAND, "--port", str(free_port())], cwd=REPO, env=env,
+        proc = subprocess.Popen([*POOL_COMMAND, "--port", "0"], cwd=REPO, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
@@ -182,3 +187,14 @@ def test_sigterm_while_warming_exits_promptly(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_sigterm_right_after_listening_is_logged_drains(tmp_path: Path) -> None:
+    """A SIGTERM sent the moment the pool process logs "listening on" (the test above, or the pool
+    backend, may send one then) used to arrive before its handlers: killed with -15, no drain."""
+    helper = REPO / "tests" / "runtime" / "sigterm_on_listening.py"
+    proc = subprocess.run([sys.executable, str(helper), "runtime.pool_server", "runtime.pool", "--port", "0"],
+                          cwd=REPO, env=_env_with_slow_torch(tmp_path), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "(warming)" in proc.stderr
