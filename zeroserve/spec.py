@@ -32,6 +32,10 @@ PolicyName = Literal["kpa", "histogram"]
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 STORAGE_SCHEMES = ("file", "http", "https", "s3", "gs", "az", "hf", "pvc")
+# The model server's built-in models (runtime.server.registry.BUILTIN, kept equal by a test); any
+# other runtime.model must name a plugin class.
+BUILTIN_MODELS = ("iris", "tiny-llm")
+_PLUGIN_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 class SpecError(Exception):
@@ -152,6 +156,8 @@ def _parse_runtime(r: FieldReader) -> RuntimeSpec:
     if kind == "builtin" and not model:
         r.errors.append(f"{r.prefix}.model: required for the builtin runtime "
                         "(iris, tiny-llm or module:Class)")
+    elif kind == "builtin" and model and model not in BUILTIN_MODELS and not _PLUGIN_RE.match(model):
+        r.fail("model", model, "must be " + ", ".join(BUILTIN_MODELS) + " or module.path:ClassName")
     r.unknown()
     return runtime
 
@@ -240,7 +246,9 @@ def _parse_model_service(doc: Mapping[str, Any], errors: list[str], where: str,
         errors.append(f"{where}spec = {show(spec_raw)}, must be a mapping")
         return None
     spec_raw = dict(spec_raw)
-    spec_raw["scaling"] = annotations_to_scaling(meta.data, dict(spec_raw.get("scaling") or {}))
+    scaling_raw = spec_raw.get("scaling") or {}
+    if isinstance(scaling_raw, Mapping):  # a non-mapping is reported by the scaling reader below
+        spec_raw["scaling"] = annotations_to_scaling(meta.data, dict(scaling_raw))
     spec = FieldReader(errors, f"{where}spec", spec_raw)
     storage_uri = spec.string("storageUri")
     _check_storage_uri(spec, storage_uri)
@@ -295,7 +303,11 @@ def parse_specs(text: str, source: Path | None = None) -> list[ModelService]:
             continue
         kind = doc.get("kind")
         if kind == "InferenceService":
-            doc = inference_service_to_model_service(doc)
+            problems: list[str] = []
+            doc = inference_service_to_model_service(doc, problems)
+            if problems:
+                errors += [where + problem for problem in problems]
+                continue
         elif kind != KIND:
             errors.append(f"{where}kind = {show(kind)}, must be ModelService or InferenceService")
             continue
@@ -330,11 +342,15 @@ def load_specs(path_or_text: str | Path) -> list[ModelService]:
 
 
 def main(argv: list[str]) -> int:
-    """`zeroserve validate FILE...`: 0 when every spec is valid, 2 otherwise."""
-    if not argv:
-        print("usage: zeroserve validate FILE [FILE...]", file=sys.stderr)
-        return 2
+    """`zeroserve validate FILE...`: 0 when every spec is valid, 2 otherwise. The files are checked
+    as one set, as `zeroserve up -f A -f B` would load them: a model defined twice is an error."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: zeroserve validate FILE [FILE...]\n\n"
+              "Check ModelService / InferenceService YAML files; every error is listed, with its field.",
+              file=sys.stderr if not argv else sys.stdout)
+        return 2 if not argv else 0
     status = 0
+    defined: dict[tuple[str, str], str] = {}
     for arg in argv:
         try:
             services = load_specs(Path(arg))
@@ -343,6 +359,27 @@ def main(argv: list[str]) -> int:
             for line in e.errors:
                 print(f"{arg}: {line}", file=sys.stderr)
             continue
+        clashes = duplicate_names(services, defined, arg)
+        for line in clashes:
+            print(f"{arg}: {line}", file=sys.stderr)
+        if clashes:
+            status = 2
+            continue
         names = ", ".join(s.name for s in services)
         print(f"{arg}: ok ({names})")
     return status
+
+
+def duplicate_names(services: list[ModelService], defined: dict[tuple[str, str], str],
+                    source: str, *, by_namespace: bool = True) -> list[str]:
+    """Errors for the models of `source` already in `defined` (which this fills in). Within one
+    file the parser already refuses a name used twice; this is the same rule across files."""
+    errors = []
+    for svc in services:
+        key = (svc.namespace if by_namespace else "", svc.name)
+        if key in defined:
+            again = " (the file is given twice)" if defined[key] == source else ""
+            errors.append(f"metadata.name = {svc.name}, is also defined in {defined[key]}{again}")
+        else:
+            defined[key] = source
+    return errors

@@ -6,8 +6,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T|k)?B?\s*$")
+_DURATION_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")  # "-5s" parses: the bound says why not
+_SIZE_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T|k)?B?\s*$")
 _SIZE_UNITS = {
     None: 1, "K": 1000, "k": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
     "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4,
@@ -105,6 +105,9 @@ class FieldReader:
         if size is None:
             self.fail(key, value, "must be a size like 100Mi, 2Gi or a number of bytes")
             return default
+        if size < 0:
+            self.fail(key, value, "must be >= 0")
+            return default
         return size
 
     def boolean(self, key: str, default: bool) -> bool:
@@ -148,14 +151,15 @@ class FieldReader:
 
     def _bounded(self, key: str, value: float, default: float, *, gt: float | None,
                  ge: float | None, le: float | None) -> float:
+        shown = self.raw(key)  # as written: "-60s", not the -60 it parsed to
         if gt is not None and not value > gt:
-            self.fail(key, value, f"must be > {_num(gt)}")
+            self.fail(key, shown, f"must be > {_num(gt)}")
             return default
         if ge is not None and not value >= ge:
-            self.fail(key, value, f"must be >= {_num(ge)}")
+            self.fail(key, shown, f"must be >= {_num(ge)}")
             return default
         if le is not None and not value <= le:
-            self.fail(key, value, f"must be <= {_num(le)}")
+            self.fail(key, shown, f"must be <= {_num(le)}")
             return default
         return value
 
@@ -195,7 +199,7 @@ def parse_size(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value if value >= 0 else None
+        return value
     if not isinstance(value, str):
         return None
     m = _SIZE_RE.match(value)

@@ -36,8 +36,11 @@ def annotations_to_scaling(meta: Mapping[str, Any], scaling: dict[str, Any]) -> 
     return merged
 
 
-def inference_service_to_model_service(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """A KServe InferenceService, mapped onto the fields a ModelService has."""
+def inference_service_to_model_service(doc: Mapping[str, Any],
+                                       errors: list[str] | None = None) -> dict[str, Any]:
+    """A KServe InferenceService, mapped onto the fields a ModelService has. What has no
+    ModelService counterpart is appended to `errors` (when given), each naming the field."""
+    errors = errors if errors is not None else []
     spec = doc.get("spec") or {}
     predictor = spec.get("predictor") or {} if isinstance(spec, Mapping) else {}
     if not isinstance(predictor, Mapping):
@@ -55,7 +58,11 @@ def inference_service_to_model_service(doc: Mapping[str, Any]) -> dict[str, Any]
             scaling[dst] = predictor[src]
     metric = predictor.get("scaleMetric")
     if metric is not None:
-        scaling["metric"] = "rps" if str(metric).lower() == "rps" else "concurrency"
+        if str(metric).lower() in ("rps", "concurrency"):
+            scaling["metric"] = str(metric).lower()
+        else:  # KServe's cpu/memory hand scaling to an HPA; zeroserve scales on requests only
+            errors.append(f"spec.predictor.scaleMetric = {metric}, must be concurrency or rps "
+                          "(cpu and memory scaling has no ModelService counterpart)")
     runtime: dict[str, Any] = {"kind": "command", "protocol": "v2"}
     if model.get("image"):
         runtime["image"] = model["image"]
@@ -67,7 +74,13 @@ def inference_service_to_model_service(doc: Mapping[str, Any]) -> dict[str, Any]
     if model.get("args"):
         runtime["args"] = model["args"]
     if "image" not in runtime and "command" not in runtime:
-        runtime["image"] = "kserve/" + str((model.get("modelFormat") or {}).get("name", "server"))
+        # KServe picks the image from a ServingRuntime resource by modelFormat; zeroserve does not
+        # read those, and a guessed image name would only fail later, at image pull.
+        fmt = model.get("modelFormat") or {}
+        fmt_name = fmt.get("name") if isinstance(fmt, Mapping) else None
+        errors.append(f"spec.predictor: modelFormat {fmt_name or '?'} with no image: zeroserve does not "
+                      "resolve KServe ServingRuntimes; give the predictor's model an image "
+                      "(and args), or write a ModelService")
     out: dict[str, Any] = {"runtime": runtime, "scaling": scaling}
     if model.get("storageUri"):
         out["storageUri"] = model["storageUri"]

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -28,7 +28,7 @@ from autoscaler.api import stats_routes
 from autoscaler.backends.base import EndpointSet
 from autoscaler.backends.local import LocalBackend
 from autoscaler.loop import Autoscaler
-from zeroserve.spec import ModelService, SpecError, load_specs
+from zeroserve.spec import ModelService, SpecError, duplicate_names, load_specs
 from zeroserve.worker import endpoint_set_to_json
 
 log = logging.getLogger("zeroserve.up")
@@ -136,6 +136,7 @@ class Stack:
         self._runners: list[web.AppRunner] = []
         self._loop_task: asyncio.Task[None] | None = None
         self._fast: Any | None = None
+        self.port, self.admin_port = config.port, config.admin_port  # the bound ones after start()
 
     def _demand(self, model: str) -> int:
         if self.activator is None:
@@ -160,25 +161,29 @@ class Stack:
             from activator.fastpath import FastPath
 
             self._fast = FastPath(self.activator)
-            await self._fast.start(self.config.host, self.config.port,
-                                   reuse_port=self.config.workers > 1)
+            server = await self._fast.start(self.config.host, self.config.port,
+                                            reuse_port=self.config.workers > 1)
+            # uvloop's Server is no asyncio.Server subclass, but it has the same sockets.
+            self.port = cast(asyncio.Server, server).sockets[0].getsockname()[1]
         else:
             runner = web.AppRunner(build_app(self.activator), handler_cancellation=True,
                                    access_log=None)
             await runner.setup()
             await web.TCPSite(runner, self.config.host, self.config.port, backlog=4096).start()
             self._runners.append(runner)
+            self.port = runner.addresses[0][1]
         admin = web.AppRunner(self._admin_app(), access_log=None)
         await admin.setup()
         await web.TCPSite(admin, self.config.admin_host, self.config.admin_port).start()
         self._runners.append(admin)
+        self.admin_port = admin.addresses[0][1]
         for index in range(1, self.config.workers):
             await self._start_worker(index)
 
     async def _start_worker(self, index: int) -> None:
         argv = [sys.executable, "-m", "zeroserve.worker", "--admin",
-                f"http://{self.config.admin_host}:{self.config.admin_port}",
-                "--host", self.config.host, "--port", str(self.config.port),
+                f"http://{self.config.admin_host}:{self.admin_port}",
+                "--host", self.config.host, "--port", str(self.port),
                 "--index", str(index), "--drain", str(self.config.drain_s)]
         for f in self.config.files:
             argv += ["-f", str(f)]
@@ -192,7 +197,7 @@ class Stack:
                 proc.terminate()       # each worker drains its own requests
         for queue in self._watchers:
             queue.put_nowait(None)     # end the endpoint streams
-        if self._runners or self._fast is not None:
+        if self._runners or (self._fast is not None and self._fast.server is not None):
             log.info("draining in-flight requests (up to %.0fs)", self.config.drain_s)
             await self.activator.drain(self.config.drain_s)
         if self._fast is not None:
@@ -279,7 +284,8 @@ async def serve(services: list[ModelService], config: UpConfig) -> None:
     stack = Stack(services, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: a closed terminal must drain and stop the replicas like Ctrl-C does.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     try:
         await stack.start()
@@ -287,8 +293,8 @@ async def serve(services: list[ModelService], config: UpConfig) -> None:
         await stack.stop()   # a port in use must not leave replicas or sessions behind
         raise
     names = ", ".join(s.name for s in services)
-    print(f"zeroserve up: {len(services)} model(s) ({names}) on http://{config.host}:{config.port}"
-          f" — status http://{config.admin_host}:{config.admin_port}/status", flush=True)
+    print(f"zeroserve up: {len(services)} model(s) ({names}) on http://{config.host}:{stack.port}"
+          f" — status http://{config.admin_host}:{stack.admin_port}/status", flush=True)
     try:
         await stop.wait()
     finally:
@@ -316,17 +322,45 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _argument_errors(args: argparse.Namespace) -> list[str]:
+    errors = [f"--{flag} = {value}, must be >= 0" for flag, value in
+              (("drain", args.drain), ("stop-grace", args.stop_grace)) if not value >= 0]
+    errors += [f"--{flag} = {value}, must be a port (0-65535; 0 picks a free one)" for flag, value in
+               (("port", args.port), ("admin-port", args.admin_port)) if not 0 <= value <= 65535]
+    if args.workers < 1:
+        errors.append(f"--workers = {args.workers}, must be >= 1")
+    elif args.workers > 1 and args.data_path != "fast":
+        errors.append("--workers > 1 needs the fast data path (--data-path fast)")
+    return errors
+
+
+def local_problems(svc: ModelService) -> list[str]:
+    """What a valid spec asks of the local backend that it cannot do."""
+    if svc.runtime.kind == "command" and not svc.runtime.command:
+        return [f"model {svc.name}: spec.runtime has an image but no command; the local backend "
+                "runs processes, not images (give runtime.command, or deploy it with the "
+                "kubernetes backend)"]
+    return []
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     services: list[ModelService] = []
-    errors: list[str] = []
+    errors = _argument_errors(args)
+    defined: dict[tuple[str, str], str] = {}
     for path in args.file:
         try:
-            services += load_specs(path)
+            loaded = load_specs(path)
         except SpecError as e:
             errors += [f"{path}: {line}" for line in e.errors]
+            continue
+        # One activator serves every model by name, whatever its namespace.
+        problems = duplicate_names(loaded, defined, str(path), by_namespace=False)
+        problems += [p for svc in loaded for p in local_problems(svc)]
+        errors += [f"{path}: {line}" for line in problems]
+        services += loaded
     if errors:
         for line in errors:
             print(f"zeroserve up: {line}", file=sys.stderr)
@@ -334,10 +368,7 @@ def main(argv: list[str]) -> int:
     config = UpConfig(files=tuple(args.file), host=args.host, port=args.port,
                       admin_host=args.admin_host, admin_port=args.admin_port, drain_s=args.drain,
                       stop_grace_s=args.stop_grace, cache_dir=args.cache_dir,
-                      data_path=args.data_path, workers=max(1, args.workers))
-    if config.workers > 1 and config.data_path != "fast":
-        print("zeroserve up: --workers needs the fast data path", file=sys.stderr)
-        return 2
+                      data_path=args.data_path, workers=args.workers)
     try:
         import uvloop
 

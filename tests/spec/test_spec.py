@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from zeroserve.spec import ScalingSpec, SpecError, load_specs, main, parse_specs
+from zeroserve.spec import BUILTIN_MODELS, ScalingSpec, SpecError, load_specs, main, parse_specs
 from zeroserve.spec_fields import parse_duration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,12 +111,76 @@ spec:
     containerConcurrency: 4
     model:
       modelFormat: {name: sklearn}
+      image: kserve/sklearnserver:v0.14.0
+      args: [--model_name=sklearn-iris]
       storageUri: gs://kfserving-examples/models/sklearn/1.0/model
 """)
     assert svc.storage_uri == "gs://kfserving-examples/models/sklearn/1.0/model"
     assert svc.scaling.metric == "rps" and svc.scaling.target == 50
     assert svc.scaling.max_replicas == 3 and svc.scaling.container_concurrency == 4
-    assert svc.runtime.kind == "command" and svc.runtime.image == "kserve/sklearn"
+    assert svc.runtime.kind == "command" and svc.runtime.image == "kserve/sklearnserver:v0.14.0"
+    assert svc.runtime.args == ("--model_name=sklearn-iris",)
+
+
+def test_kserve_conversion_refuses_what_it_cannot_carry_over() -> None:
+    """No image guessed from a modelFormat (KServe takes it from a ServingRuntime), and no cpu
+    scaling turned silently into concurrency scaling."""
+    errors = _errors("""
+kind: InferenceService
+metadata: {name: sklearn-iris}
+spec:
+  predictor:
+    scaleMetric: cpu
+    model: {modelFormat: {name: sklearn}, storageUri: gs://bucket/model}
+""")
+    assert errors == [
+        "spec.predictor.scaleMetric = cpu, must be concurrency or rps (cpu and memory scaling has no "
+        "ModelService counterpart)",
+        "spec.predictor: modelFormat sklearn with no image: zeroserve does not resolve KServe "
+        "ServingRuntimes; give the predictor's model an image (and args), or write a ModelService"]
+
+
+@pytest.mark.parametrize("scaling", ["5", "abc", "[1]", "true"])
+def test_a_section_that_is_not_a_mapping_is_an_error_not_a_traceback(scaling: str) -> None:
+    errors = _errors("kind: ModelService\nmetadata: {name: a}\n"
+                     f"spec: {{runtime: {{model: iris}}, scaling: {scaling}}}")
+    assert len(errors) == 1 and errors[0].startswith("spec.scaling = ")
+    assert errors[0].endswith(", must be a mapping")
+
+
+def test_negative_durations_and_sizes_name_the_bound() -> None:
+    errors = _errors("kind: ModelService\nmetadata: {name: a}\nspec:\n  runtime: {model: iris}\n"
+                     "  scaling: {stableWindow: -60s, scaleToZeroGracePeriod: -1}\n"
+                     "  queue: {maxBodySize: -1Mi}\n")
+    assert errors == ["spec.scaling.stableWindow = -60s, must be > 0",
+                      "spec.scaling.scaleToZeroGracePeriod = -1, must be >= 0",
+                      "spec.queue.maxBodySize = -1Mi, must be >= 0"]
+
+
+def test_an_unknown_builtin_model_is_an_error() -> None:
+    assert _errors("kind: ModelService\nmetadata: {name: a}\nspec: {runtime: {model: nosuchmodel}}") == [
+        "spec.runtime.model = nosuchmodel, must be iris, tiny-llm or module.path:ClassName"]
+    (svc,) = parse_specs("kind: ModelService\nmetadata: {name: a}\n"
+                         "spec: {runtime: {model: 'mypkg.models:MyModel'}}")
+    assert svc.runtime.model == "mypkg.models:MyModel"
+
+
+def test_the_builtin_names_are_the_model_servers() -> None:
+    from runtime.server.registry import BUILTIN
+
+    assert set(BUILTIN) == set(BUILTIN_MODELS)
+
+
+def test_validate_help_and_models_defined_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: zeroserve validate FILE")
+    quickstart = str(ROOT / "examples" / "quickstart.yaml")
+    assert main([quickstart, quickstart]) == 2
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [f"{quickstart}: ok (iris, tiny-llm)"]
+    assert out.err.splitlines() == [
+        f"{quickstart}: metadata.name = {name}, is also defined in {quickstart} (the file is given twice)"
+        for name in ("iris", "tiny-llm")]
 
 
 def test_container_concurrency_caps_the_target() -> None:
