@@ -1,10 +1,11 @@
 """`zeroserve sim run|sweep`: replay a trace against a spec offline and report what it would cost.
 
-    zeroserve sim run --trace code -f examples/model.yaml --load-s 14 --png run.png
-    zeroserve sim sweep --trace code -f spec.yaml --param scaleToZeroGracePeriod=0s,30s,300s \\
+    zeroserve sim run --trace code -f sim/specs/llm-kpa.yaml --load-s 14 --png run.png
+    zeroserve sim sweep --trace code -f sim/specs/llm-kpa.yaml --param scaleToZeroGracePeriod=0s,30s,300s \\
         --param policy=kpa,histogram --csv sweep.csv --png pareto.png
 
-Exit codes: 0 ok, 1 runtime failure, 2 bad input (spec, trace, flags).
+Exit codes: 0 ok, 1 runtime failure, 2 bad input (spec, trace, flags): one stderr line per problem,
+`zeroserve sim: --time-scale = -1, must be > 0`, every flag's range in sim/inputs.py.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sim import workloads
-from sim.report import plot_pareto, plot_run, table
-from sim.scenario import ReplicaCosts, costs_from_spec, simulate
-from sim.sweep import SweepError, parse_param, run_sweep, write_csv
+from sim.inputs import InputError, check_flags, parse_window, window_holds_requests
+from sim.report import per_model, per_model_table, plot_pareto, plot_run, table
+from sim.scenario import CostsFor, ReplicaCosts, costs_from_spec, simulate
+from sim.sweep import parse_param, run_sweep, write_csv
 from sim.traces import TraceError, load_trace
 from sim.workloads import Workload
 from zeroserve.spec import ModelService, SpecError, load_specs
@@ -29,9 +31,11 @@ log = logging.getLogger(__name__)
 GB = 1e9
 
 
-def _window(text: str) -> tuple[float, float]:
-    start, _, end = text.partition(":")
-    return float(start or 0.0), float(end) if end else float("inf")
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors (an unknown flag, `--rate abc`) on one line, as the range checks'."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"zeroserve sim: {message} (see {self.prog} --help)\n")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -40,9 +44,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     w.add_argument("--trace", default="code",
                    help="trace CSV path or shipped name (code, conv); ignored for synthetic workloads")
     w.add_argument("--workload", choices=("trace", "poisson", "bursty", "diurnal", "many"), default="trace")
-    w.add_argument("--window", type=_window, help="START:END seconds of the trace to replay")
+    w.add_argument("--window", help="START:END seconds of the trace to replay (END may be left out)")
     w.add_argument("--time-scale", type=float, default=1.0, help="stretch (>1) or compress (<1) time")
-    w.add_argument("--models", type=int, default=1, help="split the trace over N models (Zipf)")
+    w.add_argument("--models", type=int,
+                   help="split the traffic over N models (Zipf; default: one per model in the spec file)")
     w.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent of model popularity")
     w.add_argument("--rate", type=float, default=1.0, help="synthetic: mean requests/s (all models)")
     w.add_argument("--duration-s", type=float, default=3600.0, help="synthetic: span")
@@ -64,42 +69,66 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true")
 
 
-def build_workload(args: argparse.Namespace) -> Workload:
-    kind = args.workload
+def model_names(args: argparse.Namespace, services: list[ModelService]) -> tuple[str, ...]:
+    """The workload's models: each model of a multi-model spec file under its own name (its own
+    scaling, queue and replica costs), else --models copies of the one spec (m0, m1, ...)."""
+    if len(services) > 1:
+        names = tuple(s.name for s in services)
+        if args.models is not None and args.models != len(names):
+            raise InputError([f"--models = {args.models}, must be {len(names)} (or left out) with "
+                              f"{args.filename}, which defines {len(names)} models: {', '.join(names)}"])
+        return names
+    count = args.models or 1
+    return workloads.model_names(count) if count > 1 else ("model",)
+
+
+def build_workload(args: argparse.Namespace, names: tuple[str, ...]) -> Workload:
+    """The traffic, spread over `names` by Zipf popularity (their order is their rank)."""
+    kind, n = args.workload, len(names)
     if kind == "trace":
         trace = load_trace(args.trace)
         if args.window is not None:
-            trace = trace.window(*args.window)
+            window = parse_window(args.window)
+            window_holds_requests(trace, window, args.window)
+            trace = trace.window(*window)
         if args.time_scale != 1.0:
             trace = trace.time_scaled(args.time_scale)
-        if args.models > 1:
-            return workloads.split_trace(trace, args.models, args.zipf, seed=args.seed)
-        return workloads.from_trace(trace)
-    tokens = load_trace("conv")  # synthetic arrivals still get real token counts
-    if kind == "many" or args.models > 1:
-        return workloads.many_models(max(1, args.models), args.rate, args.duration_s, args.zipf,
-                                     on_s=args.on_s, off_s=args.off_s, seed=args.seed, tokens_from=tokens)
-    if kind == "poisson":
-        return workloads.poisson(args.rate, args.duration_s, seed=args.seed, tokens_from=tokens)
-    if kind == "bursty":
-        return workloads.bursty(args.rate, args.duration_s, args.on_s, args.off_s, seed=args.seed,
-                                tokens_from=tokens)
-    return workloads.diurnal(args.rate, args.duration_s, seed=args.seed, tokens_from=tokens)
+        one = workloads.from_trace(trace)
+    else:
+        tokens = load_trace("conv")  # synthetic arrivals still get real token counts
+        if kind == "many":
+            one = workloads.many_models(n, args.rate, args.duration_s, args.zipf, on_s=args.on_s,
+                                        off_s=args.off_s, seed=args.seed, tokens_from=tokens, names=names)
+        elif kind == "poisson":
+            one = workloads.poisson(args.rate, args.duration_s, seed=args.seed, tokens_from=tokens)
+        elif kind == "bursty":
+            one = workloads.bursty(args.rate, args.duration_s, args.on_s, args.off_s, seed=args.seed,
+                                   tokens_from=tokens)
+        else:
+            one = workloads.diurnal(args.rate, args.duration_s, seed=args.seed, tokens_from=tokens)
+        if one.requests == 0:
+            raise InputError([f"--workload {kind} --rate {args.rate:g} --duration-s {args.duration_s:g} "
+                              "draws no request: nothing to simulate (raise --rate or --duration-s)"])
+    if len(one.models) == n:
+        return one
+    return workloads.split(one, n, args.zipf, seed=args.seed, names=names)
 
 
-def costs(args: argparse.Namespace, services: list[ModelService],
-          overrides: dict[str, float] | None = None) -> ReplicaCosts:
+def costs(args: argparse.Namespace, overrides: dict[str, float] | None = None) -> CostsFor:
+    """Each model's replica costs: its spec's load time and token latency unless a flag (or a
+    `--param sim.<key>` value, already range-checked) sets them for every model."""
     values: dict[str, Any] = {
         "load_s": args.load_s, "schedule_s": args.schedule_s, "artifact_bytes": args.artifact_gb * GB,
         "fetch_bytes_per_s": args.fetch_gb_per_s * GB, "cache_hit_ratio": args.cache_hit,
         "jitter_fraction": args.jitter, "service_s": args.service_s,
         "prefill_tokens_per_s": args.prefill_tps, "decode_tokens_per_s": args.decode_tps,
     }
-    for key, value in (overrides or {}).items():
-        if key not in values:
-            raise SweepError(f"--param sim.{key}: unknown, one of {sorted(values)}")
-        values[key] = value
-    return costs_from_spec(services[0], **values)
+    values.update(overrides or {})
+
+    def for_service(svc: ModelService) -> ReplicaCosts:
+        return costs_from_spec(svc, **values)
+
+    return for_service
 
 
 def _load(filename: Path) -> list[ModelService]:
@@ -109,17 +138,30 @@ def _load(filename: Path) -> list[ModelService]:
         raise SpecError([f"{filename}: {line}" for line in exc.errors]) from None
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Every flag out of its range, at once, before anything is read or run."""
+    errors = check_flags(vars(args))
+    if not args.filename.is_file():
+        errors.append(f"-f = {args.filename}, no such file")
+    if errors:
+        raise InputError(errors)
+
+
 def _run(args: argparse.Namespace) -> int:
+    _check(args)
     services = _load(args.filename)
-    workload = build_workload(args)
-    outcome = simulate(services, workload, costs(args, services), seed=args.seed, batch=args.batch)
+    workload = build_workload(args, model_names(args, services))
+    outcome = simulate(services, workload, costs(args), seed=args.seed, batch=args.batch)
     report: dict[str, Any] = outcome.summary.as_dict()
     report["wall_s"] = round(outcome.wall_s, 3)
-    if args.json:
-        print(json.dumps(report))
-    else:
+    several = len(services) > 1  # a multi-model spec file: what each of its models costs
+    if several:
+        report["per_model"] = per_model(outcome.result)
+    if not args.json:
         print(table(outcome.summary))
-        print(json.dumps(report))
+        if several:
+            print(per_model_table(outcome.result))
+    print(json.dumps(report, allow_nan=False))
     if args.png is not None:
         title = f"{args.filename.name} on {args.trace if args.workload == 'trace' else args.workload}"
         plot_run(outcome.result, args.png, title)
@@ -128,16 +170,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    _check(args)
     params = [parse_param(p) for p in args.param]
-    workload = build_workload(args)
-    text = args.filename.read_text()
-    rows = run_sweep(text, workload, params, lambda services, extra: costs(args, services, extra),
+    services = _load(args.filename)
+    workload = build_workload(args, model_names(args, services))
+    rows = run_sweep(args.filename.read_text(), workload, params, lambda extra: costs(args, extra),
                      seed=args.seed, batch=args.batch)
     write_csv(rows, args.csv)
     print(f"wrote {args.csv} ({len(rows)} runs)", file=sys.stderr)
     names = [p.name for p in params]
     for row in rows:
-        print(json.dumps(row))
+        print(json.dumps(row, allow_nan=False))
     if args.png is not None:
         # Short point labels (the values); the title says which parameters they are.
         plot_pareto(rows, ["/".join(str(row[n]) for n in names) for row in rows], args.png,
@@ -147,7 +190,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="zeroserve sim", description=__doc__.split("\n")[0])
+    top = _Parser(prog="zeroserve sim", description=__doc__.split("\n")[0])
     sub = top.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="simulate one spec on one workload")
     _add_common(run)
@@ -171,7 +214,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return int(_run(args) if args.command == "run" else _sweep(args))
-    except (SpecError, TraceError, SweepError) as exc:
+    except (SpecError, InputError) as exc:
+        for line in exc.errors:
+            print(f"zeroserve sim: {line}", file=sys.stderr)
+        return 2
+    except TraceError as exc:
         print(f"zeroserve sim: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -37,7 +37,16 @@ class Summary:
     pokes: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        """Plain values for JSON and CSV; an undefined figure (the p99 of no served request) is None,
+        since NaN is not JSON and strict parsers reject it."""
+        return {k: json_number(v) for k, v in asdict(self).items()}
+
+
+def json_number(value: Any) -> Any:
+    """A float rounded to 4 places, None when not finite; anything else as it is."""
+    if isinstance(value, float):
+        return round(value, 4) if math.isfinite(value) else None
+    return value
 
 
 def _pct(values: np.ndarray[Any, np.dtype[np.float64]], q: float) -> float:
@@ -88,9 +97,27 @@ _ROWS = (
 
 
 def table(summary: Summary) -> str:
+    """The summary for a terminal; "-" where a figure is undefined (no request served)."""
     values = summary.as_dict()
     width = max(len(label) for label, _, _ in _ROWS)
-    return "\n".join(f"{label:<{width}}  {fmt.format(values[key])}" for label, key, fmt in _ROWS)
+    return "\n".join(f"{label:<{width}}  {'-' if values[key] is None else fmt.format(values[key])}"
+                     for label, key, fmt in _ROWS)
+
+
+def per_model(result: RunResult) -> dict[str, dict[str, float | int | None]]:
+    """Each model's GPU-seconds, replica starts and scale-ups from zero."""
+    return {name: {"gpu_seconds": json_number(float(result.gpu_s[i])),
+                   "cold_starts": int(result.cold_starts[i]), "scale_from_zero": int(result.from_zero[i])}
+            for i, name in enumerate(result.models)}
+
+
+def per_model_table(result: RunResult) -> str:
+    rows = per_model(result)
+    width = max(len("model"), *(len(name) for name in rows))
+    lines = [f"{'model':<{width}}  {'GPU-seconds':>12}  {'cold starts':>11}  {'from zero':>9}"]
+    lines += [f"{name:<{width}}  {row['gpu_seconds'] or 0:>12,.0f}  {row['cold_starts']:>11,}  "
+              f"{row['scale_from_zero']:>9,}" for name, row in rows.items()]
+    return "\n".join(lines)
 
 
 def _pyplot() -> Any:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from sim.control import PolicyController
+from sim.control import PolicyController, policy_config
 from sim.engine import Controller, Engine
 from sim.models import ColdStartModel, ServiceTimeModel
 from sim.report import Summary, summarize
@@ -52,16 +53,26 @@ def services_for(template: list[ModelService], workload: Workload) -> list[Model
     renamed (the usual case: one spec as the template for N synthetic models)."""
     by_name = {svc.name: svc for svc in template}
     if len(workload.models) == 1 and workload.models[0] not in by_name:
-        return [template[0]]
-    return [by_name.get(name) or replace(template[0], name=name) for name in workload.models]
+        services = [template[0]]
+    else:
+        services = [by_name.get(name) or replace(template[0], name=name) for name in workload.models]
+    unused = sorted(set(by_name) - {s.name for s in services})
+    if unused:  # the CLI names the workload's models after the spec's, so this is a library caller's
+        log.warning("the spec's models %s get no traffic from the workload %s: not simulated",
+                    unused, list(workload.models[:5]))
+    return services
 
 
 def make_controller(services: list[ModelService], prefer_batch: bool, timing: LoopTiming = WHOLE_SECONDS
                     ) -> Controller:
-    """The batch (numpy) controller when asked for and every model uses KPA, else the scalar one.
+    """The batch (numpy) controller when asked for and every model uses KPA with the same windows and
+    metric, else the scalar one.
     The batch windows assume reports at whole seconds; with other report times the scalar
     controller (the live aggregation code itself) places every sample."""
-    if prefer_batch and timing.whole_seconds and all(s.scaling.policy == "kpa" for s in services):
+    windows = {(c.stable_window_s, c.panic_window_s, c.metric)
+               for c in (policy_config(s.scaling) for s in services)}
+    if (prefer_batch and timing.whole_seconds and all(s.scaling.policy == "kpa" for s in services)
+            and len(windows) == 1):
         from sim.batch_control import BatchController
 
         return BatchController(services)
@@ -75,14 +86,21 @@ class Outcome:
     wall_s: float
 
 
-def simulate(template: list[ModelService], workload: Workload, costs: ReplicaCosts, *, seed: int = 0,
-             batch: bool = False, timing: LoopTiming = WHOLE_SECONDS) -> Outcome:
-    """Run and summarise. `timing` places the autoscaler's tick grid and the activator's reports on
-    the workload's clock (state.LoopTiming)."""
+CostsFor = Callable[[ModelService], ReplicaCosts]
+
+
+def simulate(template: list[ModelService], workload: Workload, costs: ReplicaCosts | CostsFor, *,
+             seed: int = 0, batch: bool = False, timing: LoopTiming = WHOLE_SECONDS) -> Outcome:
+    """Run and summarise. `costs` is one ReplicaCosts for every model, or a function giving each
+    model's from its spec (each its own load time and token rate). `timing` places the autoscaler's
+    tick grid and the activator's reports on the workload's clock (state.LoopTiming)."""
     services = services_for(template, workload)
     if len(workload.models) == 1:
         workload = replace(workload, models=(services[0].name,))
-    setups = [ModelSetup(s, costs.cold_start, costs.service_time) for s in services]
+    setups = []
+    for svc in services:
+        own = costs if isinstance(costs, ReplicaCosts) else costs(svc)
+        setups.append(ModelSetup(svc, own.cold_start, own.service_time))
     started = time.perf_counter()
     engine = Engine(workload, setups, make_controller(services, batch, timing), seed=seed, timing=timing)
     result = engine.run()

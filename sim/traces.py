@@ -62,6 +62,9 @@ class Trace:
 
     def time_scaled(self, factor: float) -> Trace:
         """Stretch (factor > 1) or compress (< 1) time; the same requests over factor x the span."""
+        if not 0.0 < factor < float("inf"):
+            # A negative factor puts arrivals before the clock's start and the engine never ends.
+            raise ValueError(f"time scale {factor}: must be > 0")
         return Trace(f"{self.name}x{factor:g}", self.arrival_s * factor, self.context_tokens,
                      self.generated_tokens)
 

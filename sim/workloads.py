@@ -68,12 +68,22 @@ def model_names(n_models: int) -> tuple[str, ...]:
     return tuple(f"m{i:0{width}d}" for i in range(n_models))
 
 
-def split_trace(trace: Trace, n_models: int, exponent: float = 1.0, seed: int = 0) -> Workload:
+def split_trace(trace: Trace, n_models: int, exponent: float = 1.0, seed: int = 0,
+                names: tuple[str, ...] | None = None) -> Workload:
     """One trace spread over n models by Zipf popularity: each request goes to one model at random."""
+    return split(from_trace(trace), n_models, exponent, seed, names)
+
+
+def split(workload: Workload, n_models: int, exponent: float = 1.0, seed: int = 0,
+          names: tuple[str, ...] | None = None) -> Workload:
+    """A one-model workload's requests spread over n models by Zipf popularity (rank = position in
+    `names`, default m0, m1, ...). Splitting a Poisson stream at random gives Poisson streams."""
+    if names is not None and len(names) != n_models:
+        raise ValueError(f"{len(names)} names for {n_models} models")
     rng = np.random.default_rng(seed)
-    index = rng.choice(n_models, size=trace.requests, p=zipf_weights(n_models, exponent)).astype(np.int64)
-    return Workload(model_names(n_models), trace.arrival_s, index, trace.context_tokens,
-                    trace.generated_tokens)
+    index = rng.choice(n_models, size=workload.requests, p=zipf_weights(n_models, exponent)).astype(np.int64)
+    return Workload(names or model_names(n_models), workload.arrival_s, index, workload.context_tokens,
+                    workload.generated_tokens)
 
 
 def poisson(rate_per_s: float, duration_s: float, seed: int = 0, model: str = "model",
@@ -128,7 +138,7 @@ def diurnal(mean_rate_per_s: float, duration_s: float, amplitude: float = 0.8, p
 
 def many_models(n_models: int, total_rate_per_s: float, duration_s: float, exponent: float = 1.0,
                 on_s: float = 120.0, off_s: float = 900.0, seed: int = 0,
-                tokens_from: Trace | None = None) -> Workload:
+                tokens_from: Trace | None = None, names: tuple[str, ...] | None = None) -> Workload:
     """N models with Zipf popularity, each an independent bursty on/off source."""
     rng = np.random.default_rng(seed)
     weights = zipf_weights(n_models, exponent)
@@ -141,4 +151,4 @@ def many_models(n_models: int, total_rate_per_s: float, duration_s: float, expon
     times_all = np.concatenate(parts) if parts else np.zeros(0)
     index = np.concatenate(owners) if owners else np.zeros(0, dtype=np.int64)
     ctx, gen = _tokens(times_all.size, rng, tokens_from)
-    return _assemble(model_names(n_models), times_all, index, ctx, gen)
+    return _assemble(names or model_names(n_models), times_all, index, ctx, gen)
