@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "validate": ("zeroserve.spec", "main", "check ModelService files"),
     "serve": ("runtime.server.cli", "main", "run the built-in model server (one replica)"),
     "storage-init": ("runtime.storage.cli", "storage_init_main", "fetch SRC_URI into DEST_DIR"),
-    "cache": ("runtime.storage.cli", "cache_main", "list, remove or prune the node cache"),
+    "cache": ("runtime.storage.cli", "cache_main", "node cache: ls, rm, prune, prefetch"),
     "sim": ("sim.cli", "main", "simulate scaling policy on a trace, or sweep its parameters"),
     "manifests": ("zeroserve.manifests", "main", "render the Kubernetes install"),
     "autoscaler": ("autoscaler.cluster", "main", "run the autoscaler in a cluster"),

@@ -28,10 +28,12 @@ def render(status: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="zeroserve status")
-    p.add_argument("--admin", default="http://127.0.0.1:9090", help="admin address of `up`")
+    p.add_argument("--admin", default="http://127.0.0.1:9090",
+                   help="admin address of `up`: URL or host:port (default http://127.0.0.1:9090)")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
     args = p.parse_args(argv)
-    url = args.admin.rstrip("/") + "/status"
+    admin = args.admin if "://" in args.admin else "http://" + args.admin  # host:port is enough
+    url = admin.rstrip("/") + "/status"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             status = json.load(resp)

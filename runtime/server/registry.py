@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 from runtime.server.model import Model, ModelConfig
 
@@ -21,6 +23,11 @@ def resolve_class(kind: str) -> type[Model]:
     module_name, sep, class_name = target.partition(":")
     if not sep or not module_name or not class_name:
         raise ModelSpecError(f"--model {kind!r}: expected one of {sorted(BUILTIN)} or module.path:ClassName")
+    if kind not in BUILTIN and "" not in sys.path and os.getcwd() not in sys.path:
+        # As `python -m` would: a plugin package in the working directory is found. The console
+        # script's sys.path starts at its bin/ folder instead. Appended, so nothing installed is
+        # shadowed by a file that happens to be here.
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
