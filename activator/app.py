@@ -32,6 +32,7 @@ from activator.errors import (
     UpstreamFailed,
     error_response,
 )
+from activator.http1_limits import AIOHTTP_HANDLER_ARGS, limit_head
 from activator.metrics import ActivatorMetrics
 from activator.proxy import BUFFER_BODY_BYTES, relay, send, stream_body, upstream_headers
 from activator.queue import ModelGate
@@ -301,7 +302,10 @@ ACTIVATOR = web.AppKey("activator", Activator)
 
 def build_app(activator: Activator, *, client_limit_per_host: int = 0) -> web.Application:
     """The activator's aiohttp application; its session and reporter live with the app."""
-    app = web.Application(client_max_size=1024**4)
+    # The head limit is checked before the activator routes: an oversized head gets 431 and never
+    # reaches (or cold-starts) a replica, as on the fast path.
+    app = web.Application(client_max_size=1024**4, handler_args=AIOHTTP_HANDLER_ARGS,
+                          middlewares=[limit_head])
     app[ACTIVATOR] = activator
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -29,6 +29,7 @@ from activator.app import Activator
 from activator.exchange import Exchange
 from activator.exchange_state import RESPONDING, WAIT_BODY, ExchangeState
 from activator.http1 import HOP_BY_HOP, UpstreamPool, render
+from activator.http1_limits import HEAD_FRAMING_BYTES, LINE_FRAMING_BYTES, MAX_HEAD_BYTES, HeadTooLarge
 from activator.routing import Route
 from activator.tally import FLUSH_PERIOD_S, Tally
 
@@ -38,7 +39,6 @@ PAUSE_BUFFERED_BYTES = 1 << 20   # stop reading a client holding this much unsen
 PIPELINE_DEPTH = 16              # requests parsed ahead of the one being served
 ROUTE_CACHE_SIZE = 4096
 LINGER_S = 2.0                   # how long a closing connection swallows unread request bytes
-MAX_HEAD_BYTES = 64 * 1024       # request line + headers (nginx allows 4 x 8 KiB by default)
 
 
 class FastPath:
@@ -147,7 +147,9 @@ class ClientConn(asyncio.Protocol):
         self.closed = False
         self.starting = False
         self.lingering = False
-        self.head_bytes = -1          # bytes of the request head so far; -1 between heads
+        self.head_bytes = -1          # bytes read into the request head so far; -1 between heads
+        self.head_fresh = False       # the head began in the read being parsed
+        self.head_size = 0            # the head's size as parsed (request line and whole headers)
         self.head_since_s = 0.0
         self.last_io_s = 0.0
         self.timer: asyncio.TimerHandle | None = None
@@ -168,17 +170,31 @@ class ClientConn(asyncio.Protocol):
         if self.lingering:
             return
         self.last_io_s = self.fp.loop.time()
+        idle = self.cur is None
+        last = self.pipeline[-1] if self.pipeline else None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reject(501, b"protocol upgrades are not supported")
             return
-        except httptools.HttpParserError:
-            self._reject(400, b"malformed HTTP request")
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, HeadTooLarge):
+                self._reject(431, b"request head too large")
+            else:
+                self._reject(400, b"malformed HTTP request")
             return
         if self.head_bytes >= 0:
-            # httptools buffers a header until it ends: bound what a client can make us hold.
-            self.head_bytes += len(data)
+            # A head still arriving: httptools holds a header until it ends, so bound what a
+            # client can make us hold by the bytes read. A read that also carried an earlier
+            # request (its body, or a whole request) is not counted, as where the head began in
+            # it is unknown: then one read more can come in before the 431. A head that
+            # completes is measured exactly (on_headers_complete).
+            if not self.head_fresh:
+                self.head_bytes += len(data)
+            else:
+                self.head_fresh = False
+                if idle and (self.pipeline[-1] if self.pipeline else None) is last:
+                    self.head_bytes = len(data)   # the read held this head alone
             if self.head_bytes > MAX_HEAD_BYTES:
                 self._reject(431, b"request head too large")
                 return
@@ -222,15 +238,19 @@ class ClientConn(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.cur = Exchange(self)
         self.head_bytes = 0
+        self.head_fresh = True
+        self.head_size = HEAD_FRAMING_BYTES
         self.head_since_s = self.last_io_s
 
     def on_url(self, url: bytes) -> None:
         assert self.cur is not None
         self.cur.url += url
+        self.head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.cur
         assert ex is not None
+        self.head_size += len(name) + len(value) + LINE_FRAMING_BYTES
         lower = name.lower()
         if lower not in HOP_BY_HOP:
             ex.head += (name, b": ", value, b"\r\n")
@@ -250,6 +270,10 @@ class ClientConn(asyncio.Protocol):
         ex = self.cur
         assert ex is not None
         ex.method = self.parser.get_method()
+        if self.head_size + len(ex.method) > MAX_HEAD_BYTES:
+            # Raised through httptools, which stops parsing; data_received answers 431. Checked
+            # here because a head can arrive whole in one read, before any per-read check.
+            raise HeadTooLarge(self.head_size + len(ex.method))
         ex.keep_alive = self.parser.should_keep_alive()
         ex.has_body = ex.chunked or ex.content_length > 0
         ex.body_done = not ex.has_body

@@ -18,6 +18,11 @@ from runtime.server.metrics import ServerMetrics
 HOST = web.AppKey("host", ModelHost)
 METRICS = web.AppKey("metrics", ServerMetrics)
 
+# The server's request-head limits, for web.Application(handler_args=...). aiohttp's defaults
+# (8190 bytes a line or header value) refuse heads the activator forwards: it lets heads of up to
+# 64 KiB through (activator/http1_limits.py) and adds X-Forwarded-For/-Host, so 1 KiB on top.
+HANDLER_ARGS = {"max_line_size": 65 * 1024, "max_field_size": 65 * 1024}
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ErrorRenderer = Callable[[ServerError], web.Response]
 
