@@ -32,7 +32,7 @@ from activator.errors import (
     UpstreamFailed,
     error_response,
 )
-from activator.http1_limits import AIOHTTP_HANDLER_ARGS, limit_head
+from activator.http1_limits import AIOHTTP_HANDLER_ARGS, limit_head, quiet_malformed_requests
 from activator.metrics import ActivatorMetrics
 from activator.proxy import BUFFER_BODY_BYTES, relay, send, stream_body, upstream_headers
 from activator.queue import ModelGate
@@ -307,6 +307,7 @@ def build_app(activator: Activator, *, client_limit_per_host: int = 0) -> web.Ap
     app = web.Application(client_max_size=1024**4, handler_args=AIOHTTP_HANDLER_ARGS,
                           middlewares=[limit_head])
     app[ACTIVATOR] = activator
+    quiet_malformed_requests()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=client_limit_per_host,

@@ -1,4 +1,4 @@
-"""The request-head limit, the same on both data paths.
+"""The request-head limit, the same on both data paths, and quiet logs for malformed requests.
 
 A request head (request line and headers) may be `MAX_HEAD_BYTES`; past that the activator
 answers 431 itself, before routing, so an oversized head never reaches (or cold-starts) a replica.
@@ -6,6 +6,10 @@ The fast path measures a head as httptools parses it (fastpath.py); the aiohttp 
 aiohttp's parser take lines up to the same size and measures the whole head in `limit_head`.
 A head is counted as it is canonically written: `METHOD SP target SP HTTP/1.1 CRLF`, one
 `Name: value CRLF` per header, and the blank line.
+
+aiohttp logs a request it cannot parse (a line over its limit, a bad method) with a full
+traceback at ERROR, as if the server had failed; a malformed request is the client's doing, so
+`quiet_malformed_requests` turns that record into one WARNING line.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +65,24 @@ async def limit_head(request: web.Request, handler: Handler) -> web.StreamRespon
                  MAX_HEAD_BYTES)
         return too_large_response()
     return await handler(request)
+
+
+class QuietMalformedRequests(logging.Filter):
+    """On aiohttp's server logger: a request aiohttp could not parse becomes one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "malformed request from %s refused (%d): %s"
+            record.args = (peer, exc.code, exc.message)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_malformed_requests(logger: logging.Logger | None = None) -> None:
+    """Install `QuietMalformedRequests` on aiohttp's server logger, once per process."""
+    target = logger or logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, QuietMalformedRequests) for f in target.filters):
+        target.addFilter(QuietMalformedRequests())

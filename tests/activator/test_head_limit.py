@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -156,6 +157,20 @@ async def test_an_oversized_head_does_not_cold_start_the_model(stack: Stack) -> 
     writer.write(request_head(200, model="cold"))
     await until(lambda: sink.pokes == ["cold"], "a poke for the cold model")
     writer.close()
+
+
+async def test_one_line_over_the_limit_is_refused_cleanly(
+        stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    answer = await send(stack["port"], request_head(100_000, pad_bytes=100_000), pieces=3,
+                        pause_s=0.02)
+    # aiohttp's parser refuses a line past its limit itself (400); the fast path says 431.
+    assert status(answer) == (431 if stack["path"] == "fast" else 400)
+    assert stack["upstream"].hits == 0
+    assert not [r for r in caplog.records if r.exc_info], "a refused head logged a traceback"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # And the activator still serves.
+    assert status(await send(stack["port"], request_head(300))) == 200
 
 
 async def test_a_body_before_a_split_head_is_not_counted_as_head(stack: Stack) -> None:
