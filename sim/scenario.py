@@ -56,7 +56,7 @@ def services_for(template: list[ModelService], workload: Workload) -> list[Model
         services = [template[0]]
     else:
         services = [by_name.get(name) or replace(template[0], name=name) for name in workload.models]
-    unused = sorted(set(by_name) - {s.name for s in services})
+    unused = sorted(set(by_name) - {s.name for s in services}) if len(template) > 1 else []
     if unused:  # the CLI names the workload's models after the spec's, so this is a library caller's
         log.warning("the spec's models %s get no traffic from the workload %s: not simulated",
                     unused, list(workload.models[:5]))

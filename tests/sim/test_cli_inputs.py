@@ -205,3 +205,19 @@ def test_a_synthetic_workload_over_several_models_keeps_its_kind(capsys: pytest.
     three = _strict(capsys.readouterr().out)
     assert three["models"] == 3
     assert three["requests"] == one["requests"]  # the same arrivals, spread over three models
+
+
+def test_batch_falls_back_to_the_scalar_controller_for_mixed_windows(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The batch controller needs one stable window for all models; it used to raise out of the CLI.
+    spec = tmp_path / "mixed.yaml"
+    spec.write_text(MULTI.replace("{scaleToZeroGracePeriod: 300s}", "{stableWindow: 20s}"))
+    argv = ["run", "-f", str(spec), "--window", "0:300", "--json"]
+    assert main([*argv, "--batch"]) == 0
+    batch = _strict(capsys.readouterr().out)
+    assert main(argv) == 0
+    scalar = _strict(capsys.readouterr().out)
+    assert batch["models"] == 2
+    batch.pop("wall_s")
+    scalar.pop("wall_s")
+    assert batch == scalar
