@@ -143,6 +143,10 @@ def _check(args: argparse.Namespace) -> None:
     errors = check_flags(vars(args))
     if not args.filename.is_file():
         errors.append(f"-f = {args.filename}, no such file")
+    for flag in ("png", "csv"):  # found missing after the simulation otherwise
+        out = getattr(args, flag, None)
+        if out is not None and not out.parent.is_dir():
+            errors.append(f"--{flag} = {out}, no such directory: {out.parent}")
     if errors:
         raise InputError(errors)
 

@@ -83,6 +83,10 @@ COSTS: dict[str, Range] = {
     "decode_tokens_per_s": NON_NEGATIVE,
 }
 
+# Synthetic workloads hold every request in memory (about 60 bytes each in the workload and the run):
+# past this many the process runs out of memory long before a useful answer.
+MAX_REQUESTS = 100_000_000
+
 WINDOW_RULE = "must be START:END in seconds with 0 <= START < END (END may be left out)"
 
 
@@ -109,6 +113,11 @@ def check_flags(values: dict[str, object]) -> list[str]:
         value = values.get(dest)
         if isinstance(value, (int, float)) and not valid.holds(float(value)):
             errors.append(f"{flag} = {_show(value)}, {valid.rule(float(value))}")
+    rate, duration = values.get("rate"), values.get("duration_s")
+    if (isinstance(rate, float) and isinstance(duration, float) and math.isfinite(rate * duration)
+            and rate * duration > MAX_REQUESTS):
+        errors.append(f"--rate {rate:g} x --duration-s {duration:g} = {rate * duration:.3g} requests, "
+                      f"must be <= {MAX_REQUESTS:.0e}")
     window = values.get("window")
     if isinstance(window, str):
         try:

@@ -113,6 +113,9 @@ def load_trace(path_or_name: str | Path) -> Trace:
     if not times:
         raise TraceError(f"trace {path}: no requests")
     arrival = np.asarray(times, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(arrival))
+    if bad.size:  # a NaN sorts anywhere and an infinite time never comes: the engine could not end
+        raise TraceError(f"trace {path}:{int(bad[0]) + 2}: arrival time {times[int(bad[0])]} is not finite")
     order = np.argsort(arrival, kind="stable")
     arrival = arrival[order] - arrival[order[0]]
     log.debug("loaded trace %s: %d requests over %.0f s", path.name, arrival.size, arrival[-1])

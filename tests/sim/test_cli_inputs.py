@@ -63,6 +63,9 @@ BAD_FLAGS = [
     (["--window", "9000:"], "--window = 9000:, holds no request of trace"),
     (["--workload", "poisson", "--rate", "1e-9", "--duration-s", "10"],
      "--workload poisson --rate 1e-09 --duration-s 10 draws no request: nothing to simulate"),
+    (["--rate", "1000", "--duration-s", "1e9"],
+     "--rate 1000 x --duration-s 1e+09 = 1e+12 requests, must be <="),
+    (["--png", "/no-such-dir/run.png"], "--png = /no-such-dir/run.png, no such directory"),
     (["--rate", "abc"], "argument --rate: invalid float value: 'abc'"),
 ]
 
@@ -97,6 +100,14 @@ def test_negative_time_scale_exits_at_once_from_the_real_entry_point() -> None:
     assert proc.returncode == 2
     assert proc.stderr == "zeroserve sim: --time-scale = -1, must be > 0\n"
     assert proc.stdout == ""
+
+
+def test_a_trace_with_a_non_finite_time_is_refused(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s\n0\nnan\n3\n")
+    lines = _fails(["run", "-f", SPEC, "--trace", str(trace)], capsys)
+    assert lines == [f"trace {trace}:3: arrival time nan is not finite"]
 
 
 BAD_PARAMS = [
