@@ -21,7 +21,7 @@ from sim import workloads
 from sim.inputs import InputError, check_flags, parse_window, window_holds_requests
 from sim.report import per_model, per_model_table, plot_pareto, plot_run, table
 from sim.scenario import CostsFor, ReplicaCosts, costs_from_spec, simulate
-from sim.sweep import parse_param, run_sweep, write_csv
+from sim.sweep import SweepError, parse_param, run_sweep, write_csv
 from sim.traces import TraceError, load_trace
 from sim.workloads import Workload
 from zeroserve.spec import ModelService, SpecError, load_specs
@@ -143,6 +143,11 @@ def _check(args: argparse.Namespace) -> None:
     errors = check_flags(vars(args))
     if not args.filename.is_file():
         errors.append(f"-f = {args.filename}, no such file")
+    for text in getattr(args, "param", None) or []:
+        try:
+            parse_param(text)
+        except SweepError as exc:
+            errors.extend(exc.errors)
     for flag in ("png", "csv"):  # found missing after the simulation otherwise
         out = getattr(args, flag, None)
         if out is not None and not out.parent.is_dir():

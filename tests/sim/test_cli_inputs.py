@@ -92,6 +92,14 @@ def test_every_bad_flag_is_reported_at_once(capsys: pytest.CaptureFixture[str]) 
                                                         "-f"]
 
 
+def test_sweep_reports_bad_flags_and_malformed_params_together(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    lines = _fails(["sweep", "-f", SPEC, "--rate", "0", "--param", "target", "--param", "=1",
+                    "--csv", str(tmp_path / "s.csv")], capsys)
+    assert lines == ["--rate = 0, must be > 0", "--param 'target': expected NAME=VALUE[,VALUE...]",
+                     "--param '=1': expected NAME=VALUE[,VALUE...]"]
+
+
 def test_negative_time_scale_exits_at_once_from_the_real_entry_point() -> None:
     # It used to loop for ever (arrivals before the clock's start).
     proc = subprocess.run([sys.executable, "-m", "sim.cli", "run", "--trace", "code", "-f", SPEC,
