@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=Path, default=None, help="where the model's files are")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument(
-        "--port", type=int, default=_env_int("PORT", 8080), help="0 picks a free port (default $PORT, else 8080)"
+        "--port", type=int, default=_env_int("PORT", 8080),
+        help="0 picks a free port (default $PORT, else 8080)",
     )
     p.add_argument("--runtime", choices=("builtin", "hf"), default="builtin")
     p.add_argument("--pool", action="store_true", help="warm pool process (hf runtime only)")
