@@ -19,7 +19,10 @@ from runtime.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
-OPENAI_PATHS = ("/v1/completions", "/v1/chat/")
+def is_openai_path(path: str) -> bool:
+    """Every /v1/ path but KServe v1's /v1/models... is the OpenAI API's (embeddings, responses, audio,
+    ...): an unknown one there gets an OpenAI-shaped error, which the OpenAI SDKs can read."""
+    return path.startswith("/v1/") and not path.startswith("/v1/models")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +49,7 @@ async def unknown_routes(request: web.Request, handler: Handler) -> web.StreamRe
         if e.status < 400:
             raise
         error = NoRoute(f"{e.reason}: {request.method} {request.path}")
-        render = openai_api.render_error if request.path.startswith(OPENAI_PATHS) else v2.render_error
+        render = openai_api.render_error if is_openai_path(request.path) else v2.render_error
         response = render(error)
         response.set_status(e.status, e.reason)
         return response

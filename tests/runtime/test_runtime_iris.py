@@ -75,7 +75,8 @@ async def test_v1_errors(iris: ServerProcess, path: str, body: Any, status: int,
 
 @pytest.mark.parametrize(
     ("method", "path", "shape"),
-    [("GET", "/nope", "v2"), ("DELETE", "/v2/models/iris", "v2"), ("GET", "/v1/chat/completions", "openai")],
+    [("GET", "/nope", "v2"), ("DELETE", "/v2/models/iris", "v2"), ("GET", "/v1/chat/completions", "openai"),
+     ("POST", "/v1/embeddings", "openai"), ("GET", "/v1/models/iris/nope", "v2")],
 )
 async def test_unknown_routes_answer_json(iris: ServerProcess, method: str, path: str, shape: str) -> None:
     async with aiohttp.ClientSession() as s, s.request(method, iris.url + path) as r:
