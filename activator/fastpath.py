@@ -147,9 +147,13 @@ class ClientConn(asyncio.Protocol):
         self.closed = False
         self.starting = False
         self.lingering = False
-        self.head_bytes = -1          # bytes read into the request head so far; -1 between heads
+        # The request-head limit (http1_limits.py), kept off the warm path: a head completed in a
+        # read is measured only when that read and the head's earlier reads could exceed it.
+        self.head_bytes = -1          # bytes read into the head, never more than it; -1 between heads
+        self.head_read = 0            # bytes of the reads the unfinished head spans: at least it
+        self.head_bound = 0           # head_read plus the read being parsed
         self.head_fresh = False       # the head began in the read being parsed
-        self.head_size = 0            # the head's size as parsed (request line and whole headers)
+        self.head_dropped = 0         # bytes of the hop-by-hop header lines, which are not forwarded
         self.head_since_s = 0.0
         self.last_io_s = 0.0
         self.timer: asyncio.TimerHandle | None = None
@@ -170,6 +174,8 @@ class ClientConn(asyncio.Protocol):
         if self.lingering:
             return
         self.last_io_s = self.fp.loop.time()
+        size = len(data)
+        self.head_bound = self.head_read + size
         idle = self.cur is None
         last = self.pipeline[-1] if self.pipeline else None
         try:
@@ -190,11 +196,13 @@ class ClientConn(asyncio.Protocol):
             # it is unknown: then one read more can come in before the 431. A head that
             # completes is measured exactly (on_headers_complete).
             if not self.head_fresh:
-                self.head_bytes += len(data)
+                self.head_bytes += size
+                self.head_read += size
             else:
                 self.head_fresh = False
+                self.head_read = size
                 if idle and (self.pipeline[-1] if self.pipeline else None) is last:
-                    self.head_bytes = len(data)   # the read held this head alone
+                    self.head_bytes = size   # the read held this head alone
             if self.head_bytes > MAX_HEAD_BYTES:
                 self._reject(431, b"request head too large")
                 return
@@ -239,22 +247,22 @@ class ClientConn(asyncio.Protocol):
         self.cur = Exchange(self)
         self.head_bytes = 0
         self.head_fresh = True
-        self.head_size = HEAD_FRAMING_BYTES
+        self.head_dropped = 0
         self.head_since_s = self.last_io_s
 
     def on_url(self, url: bytes) -> None:
         assert self.cur is not None
         self.cur.url += url
-        self.head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.cur
         assert ex is not None
-        self.head_size += len(name) + len(value) + LINE_FRAMING_BYTES
         lower = name.lower()
         if lower not in HOP_BY_HOP:
             ex.head += (name, b": ", value, b"\r\n")
-        elif lower == b"host":
+            return
+        self.head_dropped += len(name) + len(value) + LINE_FRAMING_BYTES
+        if lower == b"host":
             ex.host = value
         elif lower == b"content-length":
             ex.content_length = int(value)
@@ -267,13 +275,17 @@ class ClientConn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.head_bytes = -1
+        self.head_read = 0
         ex = self.cur
         assert ex is not None
         ex.method = self.parser.get_method()
-        if self.head_size + len(ex.method) > MAX_HEAD_BYTES:
-            # Raised through httptools, which stops parsing; data_received answers 431. Checked
-            # here because a head can arrive whole in one read, before any per-read check.
-            raise HeadTooLarge(self.head_size + len(ex.method))
+        if self.head_bound > MAX_HEAD_BYTES:
+            # Checked here, not after the read: a head can arrive whole in one read. Raised
+            # through httptools, which stops parsing; data_received answers 431.
+            size = HEAD_FRAMING_BYTES + len(ex.method) + len(ex.url) + sum(map(len, ex.head)) + \
+                self.head_dropped
+            if size > MAX_HEAD_BYTES:
+                raise HeadTooLarge(size)
         ex.keep_alive = self.parser.should_keep_alive()
         ex.has_body = ex.chunked or ex.content_length > 0
         ex.body_done = not ex.has_body

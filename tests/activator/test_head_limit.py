@@ -68,14 +68,15 @@ async def stack(request: pytest.FixtureRequest,
     await up_runner.cleanup()
 
 
-def request_head(total_bytes: int, model: str = "m", pad_bytes: int = 16 * 1024) -> bytes:
+def request_head(total_bytes: int, model: str = "m", pad_bytes: int = 16 * 1024,
+                 pad_name: str = "X-Pad-{n}") -> bytes:
     """A GET head of exactly `total_bytes` (asking to close after the answer), padded with
-    X-Pad-N headers of at most pad_bytes."""
+    headers named `pad_name` of at most pad_bytes."""
     head = f"GET /v1/models/{model} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode()
     left = total_bytes - len(head) - 2
     n = 0
     while left > 0:
-        line = f"X-Pad-{n}: ".encode()
+        line = (pad_name.format(n=n) + ": ").encode()
         size = min(pad_bytes, left - len(line) - 2)
         if size < 1:   # too little room for another header: widen the previous one instead
             head = head[:-2] + b"p" * left + b"\r\n"
@@ -144,6 +145,13 @@ async def test_an_unfinished_oversized_head_gets_431_without_waiting_for_its_end
     # aiohttp's parser refuses a line past its limit itself (400); the fast path says 431.
     assert status(answer) == (431 if stack["path"] == "fast" else 400)
     assert stack["upstream"].hits == 0
+
+
+async def test_headers_the_activator_drops_count_toward_the_limit(stack: Stack) -> None:
+    """Hop-by-hop headers are not forwarded, but they are part of what the client sent."""
+    assert status(await send(stack["port"], request_head(70_000, pad_name="Keep-Alive"))) == 431
+    assert status(await send(stack["port"], request_head(2000, pad_name="Keep-Alive"))) == 200
+    assert stack["upstream"].hits == 1
 
 
 async def test_an_oversized_head_does_not_cold_start_the_model(stack: Stack) -> None:
