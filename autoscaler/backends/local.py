@@ -5,6 +5,7 @@ spawn `runtime.command` -> (load) probe readiness until 200 -> published as a re
 Scale-down takes the endpoint out of rotation *first*, then SIGTERMs the process and kills it
 after a grace period, so no new request is sent to a replica that is going away. A replica that
 dies is noticed at once (we await its exit) and replaced, with a crash-loop backoff.
+Children get SIGTERM when this process dies (`local_spawn.py`), so none outlives a killed `up`.
 
 Where replicas go (whole GPUs, eviction of idle models) is `local_placement.py`; the pieces of one
 replica process (command line, environment, readiness probe, termination) are `local_replica.py`.
@@ -26,7 +27,7 @@ from typing import Any
 import aiohttp
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
-from autoscaler.backends import local_replica
+from autoscaler.backends import local_replica, local_spawn
 from autoscaler.backends.base import BackendError, EndpointCallback, EndpointSet
 from autoscaler.backends.local_placement import GpuPlacer
 from autoscaler.backends.local_replica import ModelState, ReplicaProc, free_port
@@ -218,8 +219,7 @@ class LocalBackend:
             env = local_replica.environment(svc, replica)
             log.info("starting replica model=%s replica=%s port=%d gpus=%s", svc.name, replica.id,
                      replica.port, ",".join(map(str, replica.gpus)) or "-")
-            replica.process = await asyncio.create_subprocess_exec(
-                *argv, env=env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+            replica.process = await local_spawn.spawn(argv, env=env)
             t_spawned = self.clock()
             listening_at = await local_replica.wait_ready(
                 self._session, svc, replica, clock=self.clock, probe_interval_s=self.probe_interval_s)

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from autoscaler.backends import local_spawn
+
 log = logging.getLogger(__name__)
 
 
@@ -79,8 +81,7 @@ class PoolManager:
             env["ZEROSERVE_PARK_BUDGET_BYTES"] = str(total // 4 // max(1, self.max_idle))
         argv = [self.python, "-m", "zeroserve", "serve", "--runtime", "hf", "--pool",
                 "--host", "127.0.0.1", "--port", str(port)]
-        process = await asyncio.create_subprocess_exec(*argv, env=env, start_new_session=True,
-                                                       stdin=asyncio.subprocess.DEVNULL)
+        process = await local_spawn.spawn(argv, env=env)
         proc = PoolProc(f"pool-{self._seq}", port, gpus, process)
         self.procs.append(proc)
         log.info("starting pool process %s port=%d gpus=%s", proc.id, port, gpus or "-")
