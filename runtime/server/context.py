@@ -4,6 +4,7 @@ times and error-renders requests."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +18,10 @@ from runtime.server.metrics import ServerMetrics
 
 HOST = web.AppKey("host", ModelHost)
 METRICS = web.AppKey("metrics", ServerMetrics)
+
+log = logging.getLogger(__name__)
+
+CLIENT_CLOSED_REQUEST = 499   # nginx's status for a request whose client went away first
 
 # The server's request-head limits, for web.Application(handler_args=...). aiohttp's defaults
 # (8190 bytes a line or header value) refuse heads the activator forwards: it lets heads of up to
@@ -43,6 +48,8 @@ def endpoint(
                     return await handler(request)
                 except ServerError as e:
                     return render(e)
+                except ClientGone:
+                    return client_gone_response()
             start = time.perf_counter()
             admitted = False
             try:
@@ -52,6 +59,8 @@ def endpoint(
                 response = await handler(request)
             except ServerError as e:
                 response = render(e)
+            except ClientGone:
+                response = client_gone_response()
             finally:
                 if admitted:
                     host.end()
@@ -75,11 +84,33 @@ def admitted(host: ModelHost, name: str) -> Iterator[None]:
         host.end()
 
 
+class ClientGone(Exception):
+    """The client closed its connection before the request body was in: its own doing (a client
+    timeout, an aborted upload, the activator cutting off a body over its limit), not a failure
+    of this server. `endpoint` answers it with 499, which nobody reads but the metrics."""
+
+
+def client_gone_response() -> web.Response:
+    return web.Response(status=CLIENT_CLOSED_REQUEST, reason="Client Closed Request")
+
+
 async def read_body(request: web.Request) -> bytes:
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge as e:
         raise PayloadTooLarge("request body is larger than this server's limit (--max-body-bytes)") from e
+    except ConnectionError as e:
+        # aiohttp fails the body read with ConnectionResetError("Connection lost"); left to
+        # propagate, aiohttp would log it as a server error with a full traceback.
+        log.info(
+            "client went away mid-body model=%s: %s %s (%s): %s",
+            request.app[HOST].name,
+            request.method,
+            request.path,
+            "chunked" if request.content_length is None else f"Content-Length {request.content_length}",
+            e,
+        )
+        raise ClientGone(str(e)) from e
 
 
 async def read_json(request: web.Request) -> Any:
