@@ -4,7 +4,8 @@ A replica's life: (schedule) pick GPUs -> (fetch) link artifacts from the node c
 spawn `runtime.command` -> (load) probe readiness until 200 -> published as a ready endpoint.
 Scale-down takes the endpoint out of rotation *first*, then SIGTERMs the process and kills it
 after a grace period, so no new request is sent to a replica that is going away. A replica that
-dies is noticed at once (we await its exit) and replaced, with a crash-loop backoff.
+dies is noticed at once (we await its exit) and replaced, with a crash-loop backoff; why it failed
+(exit code, the tail of its stderr) stays in `status()` until a replica of the model is ready again.
 Children get SIGTERM when this process dies (`local_spawn.py`), so none outlives a killed `up`.
 
 Where replicas go (whole GPUs, eviction of idle models) is `local_placement.py`; the pieces of one
@@ -30,7 +31,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from autoscaler.backends import local_replica, local_spawn
 from autoscaler.backends.base import BackendError, EndpointCallback, EndpointSet
 from autoscaler.backends.local_placement import GpuPlacer
-from autoscaler.backends.local_replica import ModelState, ReplicaProc, free_port
+from autoscaler.backends.local_replica import ModelState, ReplicaProc, describe_exit, free_port
 from autoscaler.backends.pool import PoolManager
 from zeroserve.spec import ModelService
 
@@ -111,7 +112,9 @@ class LocalBackend:
         if state is None:
             raise BackendError(f"model {model!r} is not registered")
         if replicas > 0 and state.desired == 0:
+            # A fresh start tries at once, and tells again what went wrong if it still does.
             state.crashes = 0
+            state.logged_failure = None
         if replicas == 0:
             self.placer.release(model)
         state.desired = replicas
@@ -159,6 +162,9 @@ class LocalBackend:
                 "pending": st.pending_reason,
                 "last_cold_start": st.last_phases,
                 "last_load_source": st.last_load_source,
+                # Failed replicas since one was last ready, and why the latest one failed.
+                "crashes": st.failures_since_ready,
+                "last_failure": st.last_failure.as_dict() if st.last_failure else None,
             }
         return out
 
@@ -219,17 +225,19 @@ class LocalBackend:
             env = local_replica.environment(svc, replica)
             log.info("starting replica model=%s replica=%s port=%d gpus=%s", svc.name, replica.id,
                      replica.port, ",".join(map(str, replica.gpus)) or "-")
-            replica.process = await local_spawn.spawn(argv, env=env)
+            replica.process = await local_spawn.spawn(argv, env=env,
+                                                      stderr=asyncio.subprocess.PIPE)
+            replica.output.start(replica.process.stderr, replica.id)
             t_spawned = self.clock()
             listening_at = await local_replica.wait_ready(
                 self._session, svc, replica, clock=self.clock, probe_interval_s=self.probe_interval_s)
             t_ready = self.clock()
         except Exception as e:
-            log.error("replica failed to start model=%s replica=%s: %s", svc.name, replica.id, e)
-            await self._on_exit(state, replica, failed=True)
+            reason = str(e) if isinstance(e, local_replica.StartFailed) else f"could not start: {e}"
+            await self._on_exit(state, replica, failure=None if replica.stopping else reason)
             return
-        if listening_at is None:
-            await self._on_exit(state, replica, failed=not replica.stopping)
+        if listening_at is None:       # it is being stopped
+            await self._on_exit(state, replica, failure=None)
             return
         replica.phases = {"schedule": 0.0, "fetch": t_fetched - t0,
                           "start": listening_at - t_spawned + (t_spawned - t_fetched),
@@ -240,13 +248,11 @@ class LocalBackend:
         log.info("replica ready model=%s replica=%s in %.3fs (fetch %.3f start %.3f load %.3f)",
                  svc.name, replica.id, t_ready - t0, replica.phases["fetch"],
                  replica.phases["start"], replica.phases["load"])
-        replica.ready = True
-        state.crashes = 0
-        state.last_used = self.clock()
-        self._publish(state)
+        self._mark_ready(state, replica)
         assert replica.process is not None
-        await replica.process.wait()
-        await self._on_exit(state, replica, failed=not replica.stopping)
+        code = await replica.process.wait()
+        await self._on_exit(state, replica, failure=None if replica.stopping
+                            else f"{describe_exit(code)} while serving")
 
     async def _run_pooled(self, state: ModelState, replica: ReplicaProc) -> None:
         """A replica served by a warm pool process: take one, hand it the model, serve."""
@@ -268,10 +274,10 @@ class LocalBackend:
                                        timeout_s=svc.runtime.ready_timeout_s)
             t_ready = self.clock()
         except Exception as e:
-            log.error("pooled replica failed to load model=%s replica=%s: %s", svc.name, replica.id, e)
             if replica.pool_member is not None:
                 await self.pool.give_back(replica.pool_member, park=False)
-            await self._on_exit(state, replica, failed=not replica.stopping)
+            await self._on_exit(state, replica,
+                                failure=None if replica.stopping else f"pool load failed: {e}")
             return
         replica.phases = {"schedule": 0.0, "fetch": t_fetched - t0, "start": t_taken - t_fetched,
                           "load": t_ready - t_taken}
@@ -281,17 +287,16 @@ class LocalBackend:
             self.cold_start_seconds.labels(svc.name, phase).observe(seconds)
         log.info("pooled replica ready model=%s replica=%s in %.3fs (from %s, %.1f GB/s)", svc.name,
                  replica.id, t_ready - t0, result.source, result.read_gbps)
-        replica.ready = True
-        state.crashes = 0
-        state.last_used = self.clock()
-        self._publish(state)
+        self._mark_ready(state, replica)
         watcher = asyncio.create_task(self._first_token(state, replica, member.port))
         exited = asyncio.create_task(member.process.wait())
         released = asyncio.create_task(replica.released.wait())
         await asyncio.wait([exited, released], return_when=asyncio.FIRST_COMPLETED)
         for task in (exited, released, watcher):
             task.cancel()
-        await self._on_exit(state, replica, failed=not replica.stopping)
+        code = member.process.returncode
+        await self._on_exit(state, replica, failure=None if replica.stopping or code is None
+                            else f"pool process {describe_exit(code)} while serving")
 
     async def _first_token(self, state: ModelState, replica: ReplicaProc, port: int) -> None:
         """The last cold-start phase: the first request's time to its first token, which the pool
@@ -312,7 +317,20 @@ class LocalBackend:
                 self.cold_start_seconds.labels(state.svc.name, "first_token").observe(seconds)
                 return
 
-    async def _on_exit(self, state: ModelState, replica: ReplicaProc, *, failed: bool) -> None:
+    def _mark_ready(self, state: ModelState, replica: ReplicaProc) -> None:
+        replica.ready = True
+        if state.last_failure is not None:
+            log.info("model=%s has a ready replica again after %d failed", state.svc.name,
+                     state.failures_since_ready)
+        state.crashes = state.failures_since_ready = 0
+        state.last_failure = state.logged_failure = None
+        state.last_used = self.clock()
+        self._publish(state)
+
+    async def _on_exit(self, state: ModelState, replica: ReplicaProc, *,
+                       failure: str | None) -> None:
+        """The replica is gone or going; `failure` says why when nobody asked it to stop."""
+        exit_code = replica.process.returncode if replica.process is not None else None
         if replica.pool_member is None and replica.process is not None and \
                 replica.process.returncode is None:
             await local_replica.terminate(replica, self.stop_grace_s)
@@ -324,12 +342,11 @@ class LocalBackend:
         shutil.rmtree(self.work_dir / replica.id, ignore_errors=True)
         if was_ready:
             self._publish(state)
-        if failed and not self._closed and self.models.get(state.svc.name) is state:
-            state.crashes += 1
-            delay = min(30.0, 0.5 * 2 ** (state.crashes - 1))
-            log.warning("replica died model=%s replica=%s; replacing in %.1fs (crash %d)",
-                        state.svc.name, replica.id, delay, state.crashes)
-            await asyncio.sleep(delay)
+        await replica.output.drained(timeout_s=1.0)     # its last words, for a failure report
+        if failure is not None and not self._closed and self.models.get(state.svc.name) is state:
+            record = local_replica.ReplicaFailure(replica.id, failure, exit_code,
+                                                  replica.output.text(), time.time())
+            await asyncio.sleep(local_replica.record_failure(state, record))
         if not self._closed:
             self._reconcile(state)
             self._reconcile_pending()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from autoscaler.backends.base import Endpoint
+from autoscaler.backends.local_spawn import OutputTail
 from autoscaler.backends.pool import PoolProc
 from zeroserve.spec import ModelService
 
@@ -43,10 +45,44 @@ class ReplicaProc:
     task: asyncio.Task[None] | None = None
     pool_member: PoolProc | None = None
     released: asyncio.Event = field(default_factory=asyncio.Event)
+    output: OutputTail = field(default_factory=OutputTail)
 
     @property
     def endpoint(self) -> Endpoint:
         return Endpoint(self.id, "127.0.0.1", self.port)
+
+
+class StartFailed(Exception):
+    """The replica exited, or never became ready, before it served."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaFailure:
+    """Why the last replica of a model stopped without being asked to, for status and logs."""
+
+    replica: str
+    reason: str                     # "exited with code 2 before it was ready", ...
+    exit_code: int | None           # None: no process exited (never spawned, or timed out)
+    stderr_tail: str                # its last stderr lines, at most local_spawn.TAIL_LIMIT_BYTES
+    at_unix: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"replica": self.replica, "reason": self.reason, "exit_code": self.exit_code,
+                "stderr_tail": self.stderr_tail, "at_unix": self.at_unix}
+
+    def signature(self) -> tuple[str, int | None, str]:
+        """What makes two failures "the same" for logging: the exit code, and the reason and last
+        stderr line with digits blanked (timestamps, pids and ports differ between attempts)."""
+        lines = self.stderr_tail.splitlines()
+        last = re.sub(r"\d+", "#", lines[-1]) if lines else ""
+        return re.sub(r"\d+", "#", self.reason), self.exit_code, last
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
 
 
 @dataclass
@@ -55,11 +91,35 @@ class ModelState:
     desired: int = 0
     replicas: list[ReplicaProc] = field(default_factory=list)
     version: int = 0
-    crashes: int = 0
+    crashes: int = 0                        # drives the restart backoff; reset by a scale from 0
+    failures_since_ready: int = 0           # what status reports; reset only by a ready replica
+    last_failure: ReplicaFailure | None = None
+    logged_failure: tuple[str, int | None, str] | None = None
     last_phases: dict[str, float] = field(default_factory=dict)
     pending_reason: str | None = None
     last_used: float = 0.0
     last_load_source: str | None = None     # pooled replicas: "disk" or "parked"
+
+
+def record_failure(state: ModelState, failure: ReplicaFailure) -> float:
+    """Keep `failure` for status and log it if it differs from the last one logged (a model
+    that can never start fails the same way every attempt); returns the restart backoff."""
+    state.last_failure = failure
+    state.failures_since_ready += 1
+    state.crashes += 1
+    delay = min(30.0, 0.5 * 2.0 ** (state.crashes - 1))
+    if failure.signature() != state.logged_failure:
+        state.logged_failure = failure.signature()
+        last_line = failure.stderr_tail.splitlines()[-1:] or ["(no stderr)"]
+        log.error("replica failed model=%s replica=%s: %s; last stderr line: %s; "
+                  "restarting in %.1fs (failure %d, repeats of it are not logged)",
+                  state.svc.name, failure.replica, failure.reason, last_line[0], delay,
+                  state.failures_since_ready)
+    else:
+        log.debug("replica failed again the same way model=%s replica=%s; restarting in "
+                  "%.1fs (failure %d)", state.svc.name, failure.replica, delay,
+                  state.failures_since_ready)
+    return delay
 
 
 async def artifacts_dir(svc: ModelService, replica: ReplicaProc, work_dir: Path,
@@ -112,20 +172,17 @@ def environment(svc: ModelService, replica: ReplicaProc) -> dict[str, str]:
 
 async def wait_ready(session: aiohttp.ClientSession | None, svc: ModelService, replica: ReplicaProc, *,
                      clock: Callable[[], float], probe_interval_s: float) -> float | None:
-    """Probe readiness; returns when the server first answered (listening), None if it died."""
+    """Probe readiness; returns when the server first answered (listening), None when the
+    replica is being stopped. Raises StartFailed when it exits or stays unready too long."""
     assert session is not None and replica.process is not None
     url = f"http://127.0.0.1:{replica.port}{svc.runtime.readiness_path}"
     deadline = clock() + svc.runtime.ready_timeout_s
     listening_at: float | None = None
     while not replica.stopping:
         if replica.process.returncode is not None:
-            log.error("replica exited before ready model=%s replica=%s code=%s", svc.name,
-                      replica.id, replica.process.returncode)
-            return None
+            raise StartFailed(f"{describe_exit(replica.process.returncode)} before it was ready")
         if clock() > deadline:
-            log.error("replica not ready after %.0fs model=%s replica=%s",
-                      svc.runtime.ready_timeout_s, svc.name, replica.id)
-            return None
+            raise StartFailed(f"not ready after {svc.runtime.ready_timeout_s:.0f}s")
         try:
             async with session.get(url) as resp:
                 if listening_at is None:

@@ -1,12 +1,14 @@
-"""Replica processes end with their parent.
+"""Replica processes end with their parent, and a replica that cannot start says why.
 
 Real processes throughout: a parent running the real local backend (or the pool manager, or
-`zeroserve up`) is SIGKILLed and its children must go.
+`zeroserve up`) is SIGKILLed and its children must go; failing replicas are real commands.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -14,12 +16,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from autoscaler.backends import local_spawn
+from autoscaler.backends.local import LocalBackend
 from tests.conftest import ROOT, free_port
+from zeroserve.spec import parse_specs
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="parent-death signals are Linux only")
@@ -191,3 +198,126 @@ def test_zeroserve_up_killed_with_sigkill_takes_its_replica_with_it(tmp_path: Pa
             up.wait()
         _reap(pid)
         log.close()
+
+
+# --- failures in status -----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def backend(registry: CollectorRegistry) -> AsyncIterator[LocalBackend]:
+    b = LocalBackend(registry=registry, stop_grace_s=2)
+    await b.start()
+    yield b
+    await b.close()
+
+
+def _spec(runtime: str, name: str = "bad") -> Any:
+    return parse_specs(f"kind: ModelService\nmetadata: {{name: {name}}}\nspec: {{runtime: {runtime}}}")[0]
+
+
+async def _until(b: LocalBackend, model: str, predicate: Callable[[dict[str, Any]], bool],
+                 timeout_s: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        st: dict[str, Any] = b.status()[model]
+        if predicate(st):
+            return st
+        assert time.monotonic() < deadline, f"timed out; last status {st}"
+        await asyncio.sleep(0.02)
+
+
+def _failure_logs(caplog: pytest.LogCaptureFixture, model: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name.startswith("autoscaler.backends.local") and r.levelno == logging.ERROR
+            and f"model={model} " in r.getMessage()]
+
+
+async def test_a_builtin_model_that_cannot_load_reports_exit_2_and_its_stderr(
+        backend: LocalBackend, caplog: pytest.LogCaptureFixture) -> None:
+    # The spec accepts any module:Class; the server exits 2 when it cannot import it.
+    backend.register(_spec('{model: "nosuchmodel.models:Missing"}'))
+    await backend.scale("bad", 1)
+    st = await _until(backend, "bad", lambda s: s["crashes"] >= 2)
+    failure = st["last_failure"]
+    assert st["ready"] == 0 and st["desired"] == 1
+    assert failure["exit_code"] == 2
+    assert failure["reason"] == "exited with code 2 before it was ready"
+    assert "nosuchmodel" in failure["stderr_tail"]
+    assert failure["replica"].startswith("bad-")
+    json.dumps(st)                            # the admin /status answer is JSON
+    # Two failures or more, the same each time: logged once, with the replica's last words.
+    logs = _failure_logs(caplog, "bad")
+    assert len(logs) == 1, logs
+    assert "nosuchmodel" in logs[0] and "exited with code 2" in logs[0]
+
+
+async def test_false_as_a_command_reports_exit_1_and_no_output(backend: LocalBackend) -> None:
+    backend.register(_spec('{command: ["false"]}'))
+    await backend.scale("bad", 1)
+    failure = (await _until(backend, "bad", lambda s: s["crashes"] >= 1))["last_failure"]
+    assert failure["exit_code"] == 1 and failure["stderr_tail"] == ""
+    assert failure["reason"] == "exited with code 1 before it was ready"
+
+
+async def test_a_command_that_cannot_be_found_is_a_failure_without_exit_code(
+        backend: LocalBackend) -> None:
+    backend.register(_spec('{command: ["/nonexistent/zeroserve-replica"]}'))
+    await backend.scale("bad", 1)
+    failure = (await _until(backend, "bad", lambda s: s["crashes"] >= 1))["last_failure"]
+    assert failure["exit_code"] is None
+    assert failure["reason"].startswith("could not start:") and "nonexistent" in failure["reason"]
+
+
+async def test_the_stderr_tail_is_bounded_and_starts_at_a_whole_line(backend: LocalBackend) -> None:
+    loud = "for i in $(seq 1 2000); do echo \"line $i of the replica's complaint\" >&2; done; exit 3"
+    backend.register(_spec(f"{{command: [sh, -c, {json.dumps(loud)}]}}"))
+    await backend.scale("bad", 1)
+    tail = (await _until(backend, "bad", lambda s: s["crashes"] >= 1))["last_failure"]["stderr_tail"]
+    assert 1500 < len(tail.encode()) <= local_spawn.TAIL_LIMIT_BYTES
+    lines = tail.splitlines()
+    assert lines[0].startswith("line ") and lines[-1] == "line 2000 of the replica's complaint"
+
+
+async def test_each_distinct_failure_is_logged_once(
+        backend: LocalBackend, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    marker = tmp_path / "tried"
+    script = (f"if [ -e {marker} ]; then echo 'second and later' >&2; exit 5; "
+              f"else touch {marker}; echo 'first try' >&2; exit 4; fi")
+    backend.register(_spec(f"{{command: [sh, -c, {json.dumps(script)}]}}"))
+    await backend.scale("bad", 1)
+    st = await _until(backend, "bad", lambda s: s["crashes"] >= 3)
+    assert st["last_failure"]["exit_code"] == 5
+    logs = _failure_logs(caplog, "bad")
+    assert len(logs) == 2, logs
+    assert "code 4" in logs[0] and "first try" in logs[0]
+    assert "code 5" in logs[1] and "second and later" in logs[1]
+
+
+async def test_a_ready_replica_clears_the_failure(backend: LocalBackend) -> None:
+    backend.register(_spec("{command: [sh, -c, 'echo broken >&2; exit 7']}", name="iris"))
+    await backend.scale("iris", 1)
+    st = await _until(backend, "iris", lambda s: s["crashes"] >= 1)
+    assert st["last_failure"]["exit_code"] == 7
+    backend.register(parse_specs(IRIS)[0])    # the spec is fixed; the next restart uses it
+    st = await _until(backend, "iris", lambda s: s["ready"] == 1)
+    assert st["crashes"] == 0 and st["last_failure"] is None
+
+
+async def test_a_replica_killed_while_serving_is_logged_as_such(
+        backend: LocalBackend, caplog: pytest.LogCaptureFixture) -> None:
+    backend.register(parse_specs(IRIS)[0])
+    await backend.scale("iris", 1)
+    pid = (await _until(backend, "iris", lambda s: s["ready"] == 1))["replicas"][0]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    await _until(backend, "iris", lambda s: s["ready"] == 1 and s["replicas"][0]["pid"] != pid)
+    logs = _failure_logs(caplog, "iris")
+    assert len(logs) == 1 and "killed by SIGKILL while serving" in logs[0], logs
+
+
+async def test_a_scale_down_is_not_a_failure(backend: LocalBackend) -> None:
+    backend.register(parse_specs(IRIS)[0])
+    await backend.scale("iris", 1)
+    await _until(backend, "iris", lambda s: s["ready"] == 1)
+    await backend.scale("iris", 0)
+    st = await _until(backend, "iris", lambda s: not s["replicas"])
+    assert st["crashes"] == 0 and st["last_failure"] is None
