@@ -33,12 +33,14 @@ class Up:
         self.admin = f"http://127.0.0.1:{self.admin_port}"
 
     def wait_up(self, timeout_s: float = 30) -> None:
-        deadline = time.monotonic() + timeout_s
+        start = time.monotonic()
+        deadline = start + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"zeroserve up exited {self.proc.returncode}:\n{self.output()}")
             try:
                 self.status()
+                _report_slow("zeroserve up to answer", start, timeout_s)
                 return
             except (OSError, http.client.HTTPException):  # refused, reset, or a slow answer
                 time.sleep(0.1)
@@ -54,7 +56,8 @@ class Up:
         return self.log.read_text(errors="replace")[-6000:]
 
     def wait_for(self, predicate: Any, timeout_s: float, what: str) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
+        start = time.monotonic()
+        deadline = start + timeout_s
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:
             try:
@@ -63,6 +66,7 @@ class Up:
                 time.sleep(0.1)
                 continue
             if predicate(status):
+                _report_slow(what, start, timeout_s)
                 return status
             time.sleep(0.1)
         raise AssertionError(f"timed out waiting for {what}; last status {status}\n{self.output()}")
@@ -77,6 +81,13 @@ class Up:
                 self.proc.wait()
         self._log_file.close()
         return self.proc.returncode
+
+
+def _report_slow(what: str, start: float, timeout_s: float) -> None:
+    """Shown with the test's output: how close a wait came to its deadline."""
+    waited_s = time.monotonic() - start
+    if waited_s > timeout_s / 3:
+        print(f"slow wait: {what} took {waited_s:.1f}s of {timeout_s}s", file=sys.stderr)
 
 
 def pid_alive(pid: int) -> bool:

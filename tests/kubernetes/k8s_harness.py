@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,10 +79,14 @@ def load_crd() -> Obj:
 
 async def eventually(check: Callable[[], Any], timeout_s: float = 20.0, what: str = "") -> Any:
     """Poll a condition of the outside world (processes, watches) until it holds."""
-    deadline = time.monotonic() + timeout_s
+    start = time.monotonic()
+    deadline = start + timeout_s
     while True:
         value = check()
         if value:
+            waited_s = time.monotonic() - start
+            if waited_s > timeout_s / 3:  # shown with the test's output: how close deadlines come
+                print(f"slow wait: {what or check} took {waited_s:.1f}s of {timeout_s}s", file=sys.stderr)
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what or check}")
