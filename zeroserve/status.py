@@ -9,7 +9,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-COLUMNS = ("MODEL", "DESIRED", "READY", "INFLIGHT", "QUEUED", "PANIC", "GPUS", "LAST COLD START")
+COLUMNS = ("MODEL", "DESIRED", "READY", "INFLIGHT", "QUEUED", "PANIC", "GPUS", "LAST COLD START",
+           "CRASHES")
 
 
 def render(status: dict[str, Any]) -> str:
@@ -20,10 +21,18 @@ def render(status: dict[str, Any]) -> str:
         cold_s = f"{sum(cold.values()):.2f}s" if cold else "-"
         rows.append((name, str(m.get("desired", "-")), str(m.get("ready", 0)),
                      str(m.get("inflight", 0)), str(m.get("queued", 0)),
-                     "yes" if m.get("panic") else "no", ",".join(map(str, gpus)) or "-", cold_s))
+                     "yes" if m.get("panic") else "no", ",".join(map(str, gpus)) or "-", cold_s,
+                     str(m.get("crashes", 0))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    # Why a model cannot start, under the table: the reason and the replica's last stderr lines.
+    for name, m in sorted(status.get("models", {}).items()):
+        failure = m.get("last_failure")
+        if failure:
+            lines += ["", f"{name}: {failure.get('reason', 'replica failed')}"]
+            tail = (failure.get("stderr_tail") or "").rstrip().splitlines()[-5:]
+            lines += [f"  | {line}" for line in tail]
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:

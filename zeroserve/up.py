@@ -234,6 +234,8 @@ class Stack:
                 "queued": a.get("queued", 0),
                 "replicas": b.get("replicas", []),
                 "pending": b.get("pending"),
+                "crashes": b.get("crashes", 0),
+                "last_failure": b.get("last_failure"),
                 "last_cold_start": b.get("last_cold_start", {}),
                 "last_cold_start_s": a.get("last_cold_start_s"),
             }

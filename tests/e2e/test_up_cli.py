@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.e2e.harness import pid_alive
+from tests.e2e.harness import Up, pid_alive
 from zeroserve.up import main
 
 IRIS = """
@@ -104,3 +104,35 @@ def test_port_0_reports_the_bound_ports_and_sighup_stops_everything(tmp_path: Pa
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+BROKEN = """
+apiVersion: serving.zeroserve.io/v1alpha1
+kind: ModelService
+metadata: {name: broken}
+spec:
+  runtime:
+    kind: command
+    command: [PYTHON, -c, "import sys; print('weights missing at /models/x', file=sys.stderr); sys.exit(3)"]
+  scaling: {initialScale: 1, minReplicas: 1}
+"""
+
+
+def test_status_says_why_a_model_cannot_start(tmp_path: Path) -> None:
+    spec = tmp_path / "broken.yaml"
+    spec.write_text(BROKEN.replace("PYTHON", sys.executable))
+    up = Up(spec)
+    try:
+        up.wait_up()
+        up.wait_for(lambda st: st["models"]["broken"]["crashes"] >= 1, 60, "a crash")
+        out = subprocess.run([sys.executable, "-m", "zeroserve", "status", "--admin", up.admin],
+                             capture_output=True, text=True, timeout=30, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0].split()[-1] == "CRASHES"
+        row = next(line.split() for line in lines if line.startswith("broken "))
+        assert int(row[-1]) >= 1 and row[2] == "0"  # crashes counted, nothing ready
+        assert any(line.startswith("broken: ") and "3" in line for line in lines), out.stdout
+        assert "  | weights missing at /models/x" in lines, out.stdout
+    finally:
+        assert up.stop() == 0, up.output()
