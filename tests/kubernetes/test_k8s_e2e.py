@@ -21,17 +21,22 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import pytest
 from aiohttp import web
 from fake_cluster import container_launcher, free_port
 from k8s_harness import NS, ROOT, Harness, eventually, load_roles
 from test_k8s_discovery import activator
 
 LEASE_S, RENEW_S, RETRY_S = 2.0, 1.5, 0.25
+QUEUE_TIMEOUT_S = 30
+# Deadline for waits that include starting Python processes (an autoscaler; a pod's storage-init
+# and runtime): each took up to 15 s of imports alone on an overloaded 2-core machine.
+STARTUP_S = 60.0
 MS = "serving.zeroserve.io/v1alpha1/modelservices"
 SPEC = {"runtime": {"model": "iris"},
         "scaling": {"initialScale": 1, "stableWindow": "1s", "scaleToZeroGracePeriod": "500ms",
                     "target": 1},
-        "queue": {"timeout": "30s"}}
+        "queue": {"timeout": f"{QUEUE_TIMEOUT_S}s"}}
 
 
 @contextlib.asynccontextmanager
@@ -79,7 +84,8 @@ async def autoscaler_process(k8s: Harness, name: str, port: int,
             # shutdown releases its lease through it.
             proc.send_signal(signal.SIGTERM)
             try:
-                assert await asyncio.wait_for(proc.wait(), 10) == 0, "a clean exit on SIGTERM"
+                # Shutdown releases the lease and closes watches: seconds on an overloaded machine.
+                assert await asyncio.wait_for(proc.wait(), 30) == 0, "a clean exit on SIGTERM"
             finally:
                 if proc.returncode is None:
                     proc.kill()
@@ -109,7 +115,7 @@ async def infer(session: aiohttp.ClientSession, port: int) -> tuple[int, dict[st
 
 async def scale_to_zero_and_back(k8s: Harness, session: aiohttp.ClientSession, port: int,
                                  writer: str) -> None:
-    await eventually(lambda: replicas(k8s) == 0 and not k8s.pods(), timeout_s=20,
+    await eventually(lambda: replicas(k8s) == 0 and not k8s.pods(), timeout_s=STARTUP_S,
                      what=f"{writer} to scale the idle model to zero")
     status, headers, took = await infer(session, port)
     assert status == 200, "a request at zero is queued, scales from zero and is answered"
@@ -117,11 +123,14 @@ async def scale_to_zero_and_back(k8s: Harness, session: aiohttp.ClientSession, p
     assert replicas(k8s) >= 1
     scale_ups = [w for w in k8s.emu.scale_writes() if w.subresource == "scale" and w.replicas]
     assert scale_ups[-1].identity == writer
-    assert took < 20
+    # Two process starts (storage-init, the runtime) took up to 16 s on an overloaded machine; the
+    # promise is an answer within the queue timeout (a 20 s bound here was a guess).
+    assert took < QUEUE_TIMEOUT_S
     print(f"\n{writer}: request at zero answered in {took:.2f}s (queue + scale + start + ready)",
           file=sys.stderr)
 
 
+@pytest.mark.timeout(300)  # ~10 s here; over 100 s on an overloaded 2-core machine
 async def test_scale_to_zero_from_zero_and_leader_failover(k8s: Harness, tmp_path: Path) -> None:
     # The kubelet runs each pod's containers as the controller rendered them: `zeroserve
     # storage-init` through the node cache, then the real `zeroserve serve --model iris` server.
@@ -134,14 +143,15 @@ async def test_scale_to_zero_from_zero_and_leader_failover(k8s: Harness, tmp_pat
     async with model_store(tmp_path) as (uri, downloads), \
             autoscaler_process(k8s, "autoscaler-a", port_a, token) as proc_a:
         spec = {**SPEC, "storageUri": uri}
-        await eventually(lambda: holder(k8s) == "autoscaler-a", timeout_s=30, what="a to lead")
+        await eventually(lambda: holder(k8s) == "autoscaler-a", timeout_s=STARTUP_S, what="a to lead")
         async with autoscaler_process(k8s, "autoscaler-b", port_b, token):
             # The activator reports to b, a follower: b redirects it to the leader.
             async with activator(k8s, f"http://127.0.0.1:{port_b}", token) as act, \
                     aiohttp.ClientSession() as session:
                 k8s.apply_model("iris", spec)
                 await eventually(lambda: replicas(k8s) == 1, what="the deployment at initial scale")
-                await eventually(lambda: act.table.get("iris").ready, timeout_s=20, what="a ready pod")
+                await eventually(lambda: act.table.get("iris").ready, timeout_s=STARTUP_S,
+                                 what="a ready pod")
                 status, _, _ = await infer(session, act.port)
                 assert status == 200
                 await scale_to_zero_and_back(k8s, session, act.port, "autoscaler-a")
