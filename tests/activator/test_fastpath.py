@@ -494,7 +494,7 @@ async def test_static_workers_share_a_port_and_stop_on_sigterm(stack: Stack) -> 
     assert proc.stdout is not None
     pids = set()
     for _ in range(2):   # each worker says which pid serves the port
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)  # 10-15 s when overloaded
         pids.add(line.split()[3])
     assert len(pids) == 2
     async with aiohttp.ClientSession() as client:
@@ -503,7 +503,7 @@ async def test_static_workers_share_a_port_and_stop_on_sigterm(stack: Stack) -> 
                 assert r.status == 200
                 assert (await r.json())["path"] == "/v1/models/m?x=1"
     proc.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(proc.wait(), 15) == 0
+    assert await asyncio.wait_for(proc.wait(), 30) == 0  # 1 s drain, then exit
 
 
 async def test_malformed_oversized_and_slow_request_heads_are_refused(stack: Stack) -> None:

@@ -33,7 +33,8 @@ class Recorder:
         self.sets.append(eps)
         self.changed.set()
 
-    async def wait(self, predicate: object, timeout_s: float = 20) -> EndpointSet:
+    async def wait(self, predicate: object, timeout_s: float = 60) -> EndpointSet:
+        # Generous: a replica's start (imports) took 10-15 s on an overloaded 2-core machine.
         async def loop() -> EndpointSet:
             while True:
                 if self.sets and predicate(self.sets[-1]):  # type: ignore[operator]

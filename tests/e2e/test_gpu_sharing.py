@@ -49,9 +49,14 @@ async def _predict(session: aiohttp.ClientSession, url: str, model: str) -> int:
         return r.status
 
 
+# Each request may wait for a replica to stop (3 s grace) and another to start (10-15 s of imports
+# on an overloaded 2-core machine).
+CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=60)
+
+
 async def test_request_for_idle_model_evicts_the_other(stack: Stack) -> None:
     url = f"http://127.0.0.1:{stack.config.port}"
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as s:
         assert await _predict(s, url, "alpha") == 200
         assert stack.status()["gpus"] == {"0": ["alpha"]}
         # alpha is now idle and holds the only GPU; beta's request must evict it.
@@ -67,7 +72,7 @@ async def test_request_for_idle_model_evicts_the_other(stack: Stack) -> None:
 
 async def test_busy_model_is_not_evicted_request_waits(stack: Stack) -> None:
     url = f"http://127.0.0.1:{stack.config.port}"
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as s:
         assert await _predict(s, url, "alpha") == 200
         # Hold alpha busy by pretending it has demand: its requests are queued/in flight.
         stack.backend.demand = lambda model: 1

@@ -27,7 +27,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     server = Up(spec, extra=["--workers", "2"])
     try:
         server.wait_up()
-        server.wait_for(lambda st: st["workers"] == 2, 30, "the second worker")
+        server.wait_for(lambda st: st["workers"] == 2, 60, "the second worker")
         yield server
     finally:
         assert server.stop() == 0, server.output()
