@@ -12,7 +12,7 @@ from aiohttp import web
 
 from runtime.gpu import GpuInventory
 from runtime.server import openai_api, v1, v2
-from runtime.server.context import HOST, METRICS, Handler
+from runtime.server.context import HANDLER_ARGS, HOST, METRICS, Handler
 from runtime.server.errors import NoRoute
 from runtime.server.host import ModelHost
 from runtime.server.metrics import ServerMetrics
@@ -58,7 +58,9 @@ async def unknown_routes(request: web.Request, handler: Handler) -> web.StreamRe
 def create_app(
     host: ModelHost, gpus: GpuInventory | None = None, *, max_body_bytes: int = 100 * 1024 * 1024
 ) -> web.Application:
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[unknown_routes])
+    app = web.Application(
+        client_max_size=max_body_bytes, middlewares=[unknown_routes], handler_args=HANDLER_ARGS
+    )
     app[HOST] = host
     app[METRICS] = ServerMetrics(host, gpus or GpuInventory())
     v2.add_routes(app)

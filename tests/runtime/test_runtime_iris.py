@@ -257,3 +257,12 @@ def test_coldstart_tool_reports_ordered_phases(capsys: pytest.CaptureFixture[str
     # process start comes from /proc in 10 ms ticks, so it may read up to a tick before the spawn
     assert run["spawn_to_process_s"] > -0.011
     assert run["ready_s"] <= run["spawn_to_ready_seen_s"] + 0.011 <= run["spawn_to_first_answer_s"] + 0.011
+
+
+async def test_a_head_the_activator_forwards_is_accepted(iris: ServerProcess) -> None:
+    """The activator forwards heads up to 64 KiB; the replica must not refuse one over aiohttp's
+    default 8190-byte line limit (it answered 400 before)."""
+    async with aiohttp.ClientSession() as s, s.post(
+            iris.url + "/v1/models/iris:predict", json={"instances": [[5.1, 3.5, 1.4, 0.2]]},
+            headers={"X-Trace": "a" * 60_000}) as r:
+        assert r.status == 200, await r.text()
