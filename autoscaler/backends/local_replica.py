@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -24,11 +25,21 @@ from zeroserve.spec import ModelService
 log = logging.getLogger(__name__)
 
 
+_RECENT_PORTS: collections.deque[int] = collections.deque(maxlen=256)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port free now. The kernel may hand the same one out again before the replica that got it
+    has bound it (two replicas starting together), so ports given out recently are skipped."""
+    port = 0
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _RECENT_PORTS:
+            break
+    _RECENT_PORTS.append(port)
+    return port
 
 
 @dataclass
