@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -490,20 +492,29 @@ async def test_static_workers_share_a_port_and_stop_on_sigterm(stack: Stack) -> 
     port = free_port()
     cmd = [sys.executable, "-m", "activator.fastpath", "--static", f"m={stack.eps[0].url}",
            "--port", str(port), "--workers", "2", "--drain", "1"]
-    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
+                                                start_new_session=True)
     assert proc.stdout is not None
-    pids = set()
-    for _ in range(2):   # each worker says which pid serves the port
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)  # 10-15 s when overloaded
-        pids.add(line.split()[3])
-    assert len(pids) == 2
-    async with aiohttp.ClientSession() as client:
-        for _ in range(4):
-            async with client.get(f"http://127.0.0.1:{port}/v1/models/m?x=1") as r:
-                assert r.status == 200
-                assert (await r.json())["path"] == "/v1/models/m?x=1"
-    proc.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(proc.wait(), 30) == 0  # 1 s drain, then exit
+    try:
+        pids: set[bytes] = set()
+        seen = b""
+        while len(pids) < 2:   # each worker says which pid serves the port
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)  # 10-15 s when overloaded
+            seen += line
+            assert line, f"the workers' output ended (exit {proc.returncode}) after: {seen!r}"
+            if m := re.search(rb"pid=(\d+)", line):
+                pids.add(m.group(1))
+        async with aiohttp.ClientSession() as client:
+            for _ in range(4):
+                async with client.get(f"http://127.0.0.1:{port}/v1/models/m?x=1") as r:
+                    assert r.status == 200
+                    assert (await r.json())["path"] == "/v1/models/m?x=1"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0  # 1 s drain, then exit
+    finally:
+        if proc.returncode is None:  # a failed check must not leave the workers serving
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
 
 
 async def test_malformed_oversized_and_slow_request_heads_are_refused(stack: Stack) -> None:
