@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from aiohttp import web
 
 from runtime.parking import ParkingLot
 from runtime.pool_process import PoolBusy, WarmPool
-from runtime.server.app import ServeOptions, create_app
+from runtime.server.app import ServeOptions, create_app, listening
 from runtime.server.context import HOST, json_response
 from runtime.server.hf import HFModel
 from runtime.server.host import ModelHost
@@ -103,18 +102,8 @@ async def serve_pool(options: PoolOptions, started_unix: float | None = None) ->
     pool = WarmPool(host, ParkingLot(budget), drain_grace_s=options.drain_grace_s)
     app = create_pool_app(pool, max_body_bytes=options.max_body_bytes)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    # Handlers before the port is announced: a SIGTERM sent as soon as "listening on" shows must
-    # drain, not kill the process with the signal's default action (-15).
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        site = web.TCPSite(runner, options.host, options.port, backlog=1024, reuse_address=True)
-        await site.start()
-        host.times.listening_unix = time.time()
-        log.info("pool process listening on http://%s:%d (warming)", options.host, options.port)
+    async with listening(runner, host, options.host, options.port) as (stop, port):
+        log.info("pool process listening on http://%s:%d (warming)", options.host, port)
         warm = asyncio.create_task(pool.warm())
         try:
             await stop.wait()
@@ -125,10 +114,6 @@ async def serve_pool(options: PoolOptions, started_unix: float | None = None) ->
         finally:
             warm.cancel()
             await asyncio.gather(warm, return_exceptions=True)
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        await runner.cleanup()
 
 
 def run_pool(options: PoolOptions, started_unix: float | None = None) -> int:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -70,30 +72,39 @@ def create_app(
     return app
 
 
-async def serve(host: ModelHost, options: ServeOptions, gpus: GpuInventory | None = None) -> int:
-    """Listen at once, load, serve until SIGTERM/SIGINT, then drain. Returns the exit code."""
-    app = create_app(host, gpus, max_body_bytes=options.max_body_bytes)
-    # The drain grace below is the bound on in-flight work; aiohttp's own wait on top stays short.
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.25)
+@contextlib.asynccontextmanager
+async def listening(runner: web.AppRunner, host: ModelHost, bind_host: str,
+                    port: int) -> AsyncIterator[tuple[asyncio.Event, int]]:
+    """Bind `runner` and yield (the stop event SIGTERM/SIGINT set, the bound port); on exit remove
+    the handlers and clean up the runner. The handlers go in before the port is bound and announced:
+    whoever reads "listening on" may send SIGTERM at once (a backend scaling down a replica that just
+    started), and that signal's default action would kill the process (-15) instead of a drain."""
     await runner.setup()
-    # The handlers go in before the port is announced: whoever reads "listening on" may send
-    # SIGTERM at once (a backend scaling down a replica that just started), and before this that
-    # signal's default action killed the process (-15) instead of a drain.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, options.host, options.port, backlog=1024, reuse_address=True)
+        site = web.TCPSite(runner, bind_host, port, backlog=1024, reuse_address=True)
         await site.start()
         host.times.listening_unix = time.time()
-        port = runner.addresses[0][1] if runner.addresses else options.port
-        log.info("listening on http://%s:%d model=%s (loading)", options.host, port, host.name)
-        return await _serve_until_stopped(app, host, options, stop)
+        yield stop, runner.addresses[0][1] if runner.addresses else port
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
+
+
+async def serve(host: ModelHost, options: ServeOptions, gpus: GpuInventory | None = None) -> int:
+    """Listen at once, load, serve until SIGTERM/SIGINT, then drain. Returns the exit code."""
+    app = create_app(host, gpus, max_body_bytes=options.max_body_bytes)
+    # The drain grace below is the bound on in-flight work; aiohttp's own wait on top stays short.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.25)
+    try:
+        async with listening(runner, host, options.host, options.port) as (stop, port):
+            log.info("listening on http://%s:%d model=%s (loading)", options.host, port, host.name)
+            return await _serve_until_stopped(app, host, options, stop)
+    finally:
         log.info("stopped model=%s served=%d", host.name, host.served)
 
 
