@@ -78,7 +78,10 @@ async def run_worker(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"activator fast path pid={os.getpid()} on http://{args.host}:{args.port}", flush=True)
+    # One write of the whole line: the workers share this stdout, and print() writes the text and
+    # its newline separately when unbuffered, so two workers' lines could interleave.
+    sys.stdout.write(f"activator fast path pid={os.getpid()} on http://{args.host}:{args.port}\n")
+    sys.stdout.flush()
     await stop.wait()
     await fastpath.drain(args.drain)
     await fastpath.close()

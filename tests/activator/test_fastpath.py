@@ -498,8 +498,13 @@ async def test_static_workers_share_a_port_and_stop_on_sigterm(stack: Stack) -> 
     try:
         pids: set[bytes] = set()
         seen = b""
+        deadline = asyncio.get_running_loop().time() + 60  # 10-15 s when overloaded
         while len(pids) < 2:   # each worker says which pid serves the port
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)  # 10-15 s when overloaded
+            try:
+                async with asyncio.timeout_at(deadline):
+                    line = await proc.stdout.readline()
+            except TimeoutError:
+                raise AssertionError(f"{len(pids)} of 2 workers announced in 60 s: {seen!r}") from None
             seen += line
             assert line, f"the workers' output ended (exit {proc.returncode}) after: {seen!r}"
             if m := re.search(rb"pid=(\d+)", line):
