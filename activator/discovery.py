@@ -229,9 +229,12 @@ class HttpLoadSink:
         # Sent even when empty: an empty report still tells the autoscaler that an activator is
         # alive and counting, which is what lets it scale an idle model down.
         self._report_due = True
-        self._samples.extend(samples)
-        del self._samples[: max(0, len(self._samples) - self.max_pending)]
+        self._keep(self._samples + samples)
         self._wake.set()
+
+    def _keep(self, samples: list[StatSample]) -> None:
+        """Pending samples, oldest first, bounded: past max_pending the oldest are dropped."""
+        self._samples = samples[max(0, len(samples) - self.max_pending):]
 
     def poke(self, model: str) -> None:
         self._pokes.add(model)
@@ -287,8 +290,7 @@ class HttpLoadSink:
                 self._pokes.update(pokes)  # a cold request depends on its poke: try again
                 # Samples carry their own time, so the new leader files them in the right seconds;
                 # ones older than its window it drops itself. Oldest first, within the bound.
-                self._samples[:0] = samples
-                del self._samples[: max(0, len(self._samples) - self.max_pending)]
+                self._keep(samples + self._samples)
                 self._report_due = self._report_due or due
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
